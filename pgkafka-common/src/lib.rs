@@ -1,0 +1,16 @@
+//! Types and pure logic shared by the pgkafka runtime and the `ReplicatedTable` derive.
+//!
+//! - [`ReplicationOp`], [`Op`], [`Row`], [`TopicInfo`]: the JSON wire format, byte-compatible with
+//!   the earlier library whose records may already sit in your topics.
+//! - [`Lsn`]: PostgreSQL log sequence numbers, shown the way `psql` shows them (`16/B374D848`).
+//! - [`key`]: the Kafka message key built from partition-key column values.
+//! - [`pgoutput`]: a decoder for the messages of PostgreSQL's `pgoutput` logical decoding plugin.
+
+mod lsn;
+mod wire;
+
+pub mod key;
+pub mod pgoutput;
+
+pub use lsn::{Lsn, ParseLsnError};
+pub use wire::{Op, OpKind, ReplicationOp, Row, TopicInfo};

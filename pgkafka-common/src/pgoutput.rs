@@ -1,0 +1,1 @@
+//! Decoding of PostgreSQL `pgoutput` logical replication messages.

@@ -1,0 +1,1 @@
+//! `#[derive(ReplicatedTable)]`, re-exported as `pgkafka::ReplicatedTable`.
