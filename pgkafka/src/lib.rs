@@ -22,7 +22,7 @@ pub use sqlx;
 #[cfg(feature = "producer")]
 pub mod producer;
 #[cfg(feature = "producer")]
-pub use producer::Producer;
+pub use producer::{Producer, ProducerBuilder, ProducerError, ShutdownHandle, SlotInUsePolicy, TruncatePolicy};
 
 #[cfg(feature = "consumer")]
 pub mod consumer;

@@ -1,18 +1,106 @@
 //! The replication-slot-to-Kafka producer.
+//!
+//! See [`Producer`].
+
+mod error;
+
+pub use error::ProducerError;
 
 use std::collections::HashMap;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
 
 use crate::TopicInfo;
 
+/// What the producer does when a published table is truncated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum TruncatePolicy {
+    /// Stop with [`ProducerError::Truncate`], without confirming the truncating transaction.
+    #[default]
+    Fail,
+    /// Log a warning and go on; the truncate is not published.
+    Skip,
+}
+
+/// What the producer does when another connection is streaming from its slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum SlotInUsePolicy {
+    /// Retry with backoff until the slot is free (a standby producer takes over when the active
+    /// one dies).
+    #[default]
+    Wait,
+    /// Return [`ProducerError::SlotInUse`] at once.
+    Fail,
+}
+
+/// Everything a producer can be told. Build one with [`Producer::builder`].
+#[derive(Debug, Clone)]
+pub struct ProducerConfig {
+    pub(crate) connection_string: String,
+    pub(crate) brokers: String,
+    pub(crate) slot_name: String,
+    pub(crate) publication_name: String,
+    pub(crate) topic_map: HashMap<String, TopicInfo>,
+    pub(crate) kafka_options: Vec<(String, String)>,
+    pub(crate) truncate_policy: TruncatePolicy,
+    pub(crate) slot_in_use_policy: SlotInUsePolicy,
+    pub(crate) max_in_flight: usize,
+    pub(crate) status_interval: Duration,
+    pub(crate) reconnect_backoff_max: Duration,
+}
+
 /// Streams every row change of a publication's tables from a logical replication slot to Kafka.
+///
+/// ```no_run
+/// use std::collections::HashMap;
+/// use pgkafka::{Producer, TopicInfo};
+///
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// let topic_map: HashMap<String, TopicInfo> = serde_json::from_value(serde_json::json!({
+///     "inventory_table": { "name": "inventory_topic", "partition_key": ["organization_id"] },
+/// }))?;
+/// let producer = Producer::new(
+///     "postgresql://username:password@localhost:5432/database".into(),
+///     "localhost:9092".into(),
+///     "slot_1".into(),
+///     "publication_1".into(),
+///     topic_map,
+/// );
+/// producer.start().await?;
+/// # Ok(()) }
+/// ```
 #[derive(Debug)]
 pub struct Producer {
-    #[allow(dead_code)]
-    topic_map: HashMap<String, TopicInfo>,
+    config: ProducerConfig,
+    shutdown: CancellationToken,
+}
+
+/// Builds a [`Producer`] with settings beyond the five of [`Producer::new`].
+#[derive(Debug)]
+pub struct ProducerBuilder {
+    config: ProducerConfig,
+}
+
+/// Stops a running producer gracefully: in-flight deliveries finish, what was delivered is
+/// confirmed to the slot, and [`Producer::start`] returns `Ok(())`.
+#[derive(Debug, Clone)]
+pub struct ShutdownHandle {
+    token: CancellationToken,
+}
+
+impl ShutdownHandle {
+    /// Asks the producer to stop.
+    pub fn shutdown(&self) {
+        self.token.cancel();
+    }
 }
 
 impl Producer {
-    /// A producer for the given database, brokers, slot, publication and topic map.
+    /// A producer for the given database, brokers, slot, publication and topic map, with default
+    /// settings. Nothing is checked or connected until [`Producer::start`].
     #[must_use]
     pub fn new(
         connection_string: String,
@@ -21,7 +109,100 @@ impl Producer {
         publication_name: String,
         topic_map: HashMap<String, TopicInfo>,
     ) -> Self {
-        let _ = (connection_string, brokers, slot_name, publication_name);
-        Self { topic_map }
+        Self::builder(connection_string, brokers, slot_name, publication_name, topic_map).build()
+    }
+
+    /// A builder for a producer with more settings.
+    #[must_use]
+    pub fn builder(
+        connection_string: impl Into<String>,
+        brokers: impl Into<String>,
+        slot_name: impl Into<String>,
+        publication_name: impl Into<String>,
+        topic_map: HashMap<String, TopicInfo>,
+    ) -> ProducerBuilder {
+        ProducerBuilder {
+            config: ProducerConfig {
+                connection_string: connection_string.into(),
+                brokers: brokers.into(),
+                slot_name: slot_name.into(),
+                publication_name: publication_name.into(),
+                topic_map,
+                kafka_options: Vec::new(),
+                truncate_policy: TruncatePolicy::default(),
+                slot_in_use_policy: SlotInUsePolicy::default(),
+                max_in_flight: 10_000,
+                status_interval: Duration::from_secs(1),
+                reconnect_backoff_max: Duration::from_secs(30),
+            },
+        }
+    }
+
+    /// A handle that stops this producer gracefully, from another task.
+    #[must_use]
+    pub fn shutdown_handle(&self) -> ShutdownHandle {
+        ShutdownHandle { token: self.shutdown.clone() }
+    }
+
+    /// Checks the configuration and the database, then streams until shut down or a fatal error.
+    ///
+    /// # Errors
+    /// A [`ProducerError`] saying what to fix. Lost connections are retried, not returned.
+    pub async fn start(&self) -> Result<(), ProducerError> {
+        let _ = &self.config;
+        Err(ProducerError::Config("the producer is not implemented yet".into()))
+    }
+}
+
+impl ProducerBuilder {
+    /// Sets a librdkafka producer property (`security.protocol`, `sasl.mechanisms`,
+    /// `linger.ms`, ...). pgkafka always sets `enable.idempotence=true` and `acks=all`; setting
+    /// them otherwise is a configuration error.
+    #[must_use]
+    pub fn kafka_option(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.config.kafka_options.push((key.into(), value.into()));
+        self
+    }
+
+    /// What to do when a published table is truncated.
+    #[must_use]
+    pub fn truncate_policy(mut self, policy: TruncatePolicy) -> Self {
+        self.config.truncate_policy = policy;
+        self
+    }
+
+    /// What to do when another connection streams from the slot.
+    #[must_use]
+    pub fn slot_in_use_policy(mut self, policy: SlotInUsePolicy) -> Self {
+        self.config.slot_in_use_policy = policy;
+        self
+    }
+
+    /// The most messages handed to Kafka and not yet acknowledged (default 10,000). Reading from
+    /// the slot pauses while the window is full, which bounds memory.
+    #[must_use]
+    pub fn max_in_flight(mut self, messages: usize) -> Self {
+        self.config.max_in_flight = messages.max(1);
+        self
+    }
+
+    /// How often the confirmed position is reported to PostgreSQL (default 1 s).
+    #[must_use]
+    pub fn status_interval(mut self, interval: Duration) -> Self {
+        self.config.status_interval = interval;
+        self
+    }
+
+    /// The longest wait between reconnection attempts (default 30 s).
+    #[must_use]
+    pub fn reconnect_backoff_max(mut self, max: Duration) -> Self {
+        self.config.reconnect_backoff_max = max;
+        self
+    }
+
+    /// The producer.
+    #[must_use]
+    pub fn build(self) -> Producer {
+        Producer { config: self.config, shutdown: CancellationToken::new() }
     }
 }

@@ -1,0 +1,56 @@
+//! What can stop a producer, and what to do about it.
+
+use pgkafka_common::Lsn;
+
+/// Why [`Producer::start`](super::Producer::start) returned.
+///
+/// Configuration and schema problems are found before anything is streamed, and their message
+/// says what to change. Lost connections to PostgreSQL or Kafka do not end up here: the producer
+/// warns, backs off and resumes from the slot.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ProducerError {
+    /// The producer's configuration cannot work; the message says what to change.
+    #[error("invalid producer configuration: {0}")]
+    Config(String),
+    /// The database does not match the configuration (missing publication, table without a
+    /// topic, partition-key column that does not exist, replica identity not FULL, ...). The
+    /// message names the table or column and the fix.
+    #[error("{0}")]
+    Schema(String),
+    /// A published table was truncated, and the truncate policy says to stop.
+    #[error(
+        "table {table} was truncated in the transaction committed at LSN {lsn}; pgkafka cannot \
+         express TRUNCATE as row changes. The slot has not been advanced past it. To skip \
+         truncates with a warning instead, set TruncatePolicy::Skip"
+    )]
+    Truncate {
+        /// The truncated table.
+        table: String,
+        /// Commit LSN of the truncating transaction.
+        lsn: Lsn,
+    },
+    /// The replication stream carried something pgkafka cannot decode.
+    #[error("cannot decode the replication stream at LSN {lsn}: {message}")]
+    Protocol {
+        /// Where in the WAL.
+        lsn: Lsn,
+        /// What was wrong.
+        message: String,
+    },
+    /// Another connection is streaming from the slot, and the producer was told not to wait.
+    #[error("replication slot {slot} is in use by another connection (pid {pid:?})")]
+    SlotInUse {
+        /// The slot.
+        slot: String,
+        /// The server process holding it, if known.
+        pid: Option<i32>,
+    },
+    /// An error from PostgreSQL that retrying did not fix.
+    #[error("postgres: {0}")]
+    Postgres(String),
+    /// An error from Kafka that retrying cannot fix (authorization, unknown topic, a message
+    /// larger than the broker accepts, ...).
+    #[error("kafka: {0}")]
+    Kafka(String),
+}
