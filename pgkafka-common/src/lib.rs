@@ -5,12 +5,18 @@
 //! - [`Lsn`]: PostgreSQL log sequence numbers, shown the way `psql` shows them (`16/B374D848`).
 //! - [`key`]: the Kafka message key built from partition-key column values.
 //! - [`pgoutput`]: a decoder for the messages of PostgreSQL's `pgoutput` logical decoding plugin.
+//! - [`text`]: parsing PostgreSQL's text output of a value into Rust types ([`text::FromPgText`]).
+//! - [`ReplicatedTable`], [`DecodeError`], [`TypedOp`]: typed rows, as `#[derive(ReplicatedTable)]`
+//!   generates them.
 
 mod lsn;
+mod table;
 mod wire;
 
 pub mod key;
 pub mod pgoutput;
+pub mod text;
 
 pub use lsn::{Lsn, ParseLsnError};
+pub use table::{Change, DecodeError, ReplicatedTable, RowDecoder, TypedOp, MAX_QUOTED_VALUE_CHARS};
 pub use wire::{Op, OpKind, ReplicationOp, Row, TopicInfo};
