@@ -2,8 +2,14 @@
 //!
 //! See [`Producer`].
 
+mod connection;
 mod error;
+mod kafka;
+mod schema;
+mod session;
+mod watermark;
 
+pub use connection::redact;
 pub use error::ProducerError;
 
 use std::collections::HashMap;
@@ -50,6 +56,7 @@ pub struct ProducerConfig {
     pub(crate) max_in_flight: usize,
     pub(crate) status_interval: Duration,
     pub(crate) reconnect_backoff_max: Duration,
+    pub(crate) shutdown_timeout: Duration,
 }
 
 /// Streams every row change of a publication's tables from a logical replication slot to Kafka.
@@ -134,6 +141,7 @@ impl Producer {
                 max_in_flight: 10_000,
                 status_interval: Duration::from_secs(1),
                 reconnect_backoff_max: Duration::from_secs(30),
+                shutdown_timeout: Duration::from_secs(30),
             },
         }
     }
@@ -149,8 +157,67 @@ impl Producer {
     /// # Errors
     /// A [`ProducerError`] saying what to fix. Lost connections are retried, not returned.
     pub async fn start(&self) -> Result<(), ProducerError> {
-        let _ = &self.config;
-        Err(ProducerError::Config("the producer is not implemented yet".into()))
+        let config = &self.config;
+        // pgwire-replication and rustls need a process-wide crypto provider; keep one that the
+        // application installed.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        schema::validate_slot_name(&config.slot_name)?;
+        if config.publication_name.is_empty() {
+            return Err(ProducerError::Config("the publication name is empty".into()));
+        }
+        if config.brokers.trim().is_empty() {
+            return Err(ProducerError::Config("the Kafka broker list is empty".into()));
+        }
+        let connection = connection::ConnectionInfo::parse(&config.connection_string)?;
+        let span = tracing::info_span!("pgkafka_producer", slot = %config.slot_name);
+
+        let reconnects = metrics::counter!("pgkafka_producer_reconnects_total", "slot" => config.slot_name.clone());
+        let mut sink = std::sync::Arc::new(kafka::KafkaSink::new(config, pgkafka_common::Lsn::INVALID)?);
+        let mut first = true;
+        let mut backoff = Duration::from_millis(250);
+        loop {
+            let started = std::time::Instant::now();
+            let result = tracing::Instrument::instrument(
+                session::run(config, &connection, &sink, &self.shutdown, first),
+                span.clone(),
+            )
+            .await;
+            match result {
+                Ok(()) => return Ok(()),
+                Err(session::SessionError::Fatal(error)) => {
+                    // Deliver what can be delivered, so a restart re-sends as little as possible.
+                    let _ = sink.drain(tokio::time::sleep(config.shutdown_timeout.min(Duration::from_secs(5)))).await;
+                    return Err(error);
+                }
+                Err(session::SessionError::Retry { reason, recreate_kafka }) => {
+                    first = false;
+                    reconnects.increment(1);
+                    if started.elapsed() > Duration::from_secs(60) {
+                        backoff = Duration::from_millis(250);
+                    }
+                    tracing::warn!(parent: &span, %reason, retry_in = ?backoff, "replication session ended; resuming from the slot");
+                    if recreate_kafka {
+                        sink.purge();
+                        sink = std::sync::Arc::new(kafka::KafkaSink::new(config, pgkafka_common::Lsn::INVALID)?);
+                    } else {
+                        // Re-sent records must not overtake records of this session still in
+                        // flight: wait until Kafka has acknowledged all of them.
+                        if !sink.drain(self.shutdown.cancelled()).await {
+                            if self.shutdown.is_cancelled() {
+                                return Ok(());
+                            }
+                            sink.purge();
+                            sink = std::sync::Arc::new(kafka::KafkaSink::new(config, pgkafka_common::Lsn::INVALID)?);
+                        }
+                    }
+                    tokio::select! {
+                        () = self.shutdown.cancelled() => return Ok(()),
+                        () = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(config.reconnect_backoff_max);
+                }
+            }
+        }
     }
 }
 
@@ -197,6 +264,14 @@ impl ProducerBuilder {
     #[must_use]
     pub fn reconnect_backoff_max(mut self, max: Duration) -> Self {
         self.config.reconnect_backoff_max = max;
+        self
+    }
+
+    /// How long a graceful shutdown waits for Kafka to acknowledge what is in flight
+    /// (default 30 s). What is not acknowledged by then is re-sent after a restart.
+    #[must_use]
+    pub fn shutdown_timeout(mut self, timeout: Duration) -> Self {
+        self.config.shutdown_timeout = timeout;
         self
     }
 
