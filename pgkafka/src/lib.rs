@@ -22,7 +22,10 @@ pub use sqlx;
 #[cfg(feature = "producer")]
 pub mod producer;
 #[cfg(feature = "producer")]
-pub use producer::{Producer, ProducerBuilder, ProducerError, ShutdownHandle, SlotInUsePolicy, TruncatePolicy};
+pub use producer::{
+    CheckReport, CheckedTable, Producer, ProducerBuilder, ProducerError, ShutdownHandle, SlotInUsePolicy, SlotStatus,
+    TruncatePolicy,
+};
 
 #[cfg(feature = "consumer")]
 pub mod consumer;

@@ -17,7 +17,49 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::TopicInfo;
+use crate::{Lsn, TopicInfo};
+
+/// What [`Producer::check`] found: the routes the producer would stream, and the slot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct CheckReport {
+    /// Every published table with its topic and partition-key columns, by table name.
+    pub tables: Vec<CheckedTable>,
+    /// The replication slot.
+    pub slot: SlotStatus,
+}
+
+/// One published table, as the producer would stream it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct CheckedTable {
+    /// The records' `table_name`.
+    pub table_name: String,
+    /// The Kafka topic.
+    pub topic: String,
+    /// The columns of the message key (the primary key when the topic map names none).
+    pub partition_key: Vec<String>,
+}
+
+/// The replication slot, as [`Producer::check`] found it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SlotStatus {
+    /// It does not exist yet; [`Producer::start`] creates it.
+    Missing,
+    /// It exists and no connection streams from it.
+    Idle {
+        /// Where streaming resumes.
+        confirmed: Lsn,
+    },
+    /// Another connection streams from it.
+    Active {
+        /// Where that connection has confirmed to.
+        confirmed: Lsn,
+        /// The server process serving that connection.
+        pid: i32,
+    },
+}
 
 /// What the producer does when a published table is truncated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -150,6 +192,52 @@ impl Producer {
     #[must_use]
     pub fn shutdown_handle(&self) -> ShutdownHandle {
         ShutdownHandle { token: self.shutdown.clone() }
+    }
+
+    /// Checks the configuration, the database and the brokers without streaming or creating
+    /// anything: the publication, every table's topic-map entry, replica identity and key
+    /// columns, the slot, and that Kafka answers.
+    ///
+    /// ```no_run
+    /// # async fn run(producer: pgkafka::Producer) -> Result<(), pgkafka::ProducerError> {
+    /// let report = producer.check().await?;
+    /// for table in &report.tables {
+    ///     println!("{} -> {} keyed by {:?}", table.table_name, table.topic, table.partition_key);
+    /// }
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// The first kind of problem found, saying what to fix (see [`ProducerError`]).
+    pub async fn check(&self) -> Result<CheckReport, ProducerError> {
+        let config = &self.config;
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        schema::validate_slot_name(&config.slot_name)?;
+        let connection = connection::ConnectionInfo::parse(&config.connection_string)?;
+        let client = connection.connect().await.map_err(|e| {
+            ProducerError::Postgres(format!("cannot connect to PostgreSQL at {}: {e}", connection.redacted))
+        })?;
+        let routes = schema::check(&client, &config.publication_name, &config.topic_map).await?;
+        let slot = match schema::inspect_slot(&client, &config.slot_name).await? {
+            None => SlotStatus::Missing,
+            Some(schema::SlotState { confirmed_flush, active_pid: None }) => SlotStatus::Idle { confirmed: confirmed_flush },
+            Some(schema::SlotState { confirmed_flush, active_pid: Some(pid) }) => {
+                SlotStatus::Active { confirmed: confirmed_flush, pid }
+            }
+        };
+        let sink = std::sync::Arc::new(kafka::KafkaSink::new(config, Lsn::INVALID)?);
+        sink.check_topics(routes.topics(), config.brokers.clone()).await?;
+        Ok(CheckReport {
+            tables: routes
+                .all()
+                .map(|route| CheckedTable {
+                    table_name: route.table_name.clone(),
+                    topic: route.topic.clone(),
+                    partition_key: route.key_columns.clone(),
+                })
+                .collect(),
+            slot,
+        })
     }
 
     /// Checks the configuration and the database, then streams until shut down or a fatal error.

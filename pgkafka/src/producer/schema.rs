@@ -31,6 +31,13 @@ impl Routes {
         self.by_table.get(&(schema.to_owned(), table.to_owned()))
     }
 
+    /// Every route, ordered by table name.
+    pub(crate) fn all(&self) -> impl Iterator<Item = &TableRoute> {
+        let mut routes: Vec<&TableRoute> = self.by_table.values().map(AsRef::as_ref).collect();
+        routes.sort_by(|a, b| a.table_name.cmp(&b.table_name));
+        routes.into_iter()
+    }
+
     pub(crate) fn topics(&self) -> Vec<String> {
         let mut topics: Vec<String> = self.by_table.values().map(|r| r.topic.clone()).collect();
         topics.sort();
@@ -313,31 +320,43 @@ pub(crate) struct SlotState {
 
 /// Finds the slot, creating it (pgoutput) if missing, and checks it suits the producer.
 pub(crate) async fn ensure_slot(client: &tokio_postgres::Client, slot: &str) -> Result<SlotState, ProducerError> {
-    let pg = |e: tokio_postgres::Error| ProducerError::Postgres(format!("inspecting replication slot {slot}: {e}"));
-    let query = "SELECT s.plugin::text, s.slot_type, s.database::text, current_database()::text, \
-                 s.active_pid, COALESCE(s.confirmed_flush_lsn, '0/0')::text \
-                 FROM pg_catalog.pg_replication_slots s WHERE s.slot_name = $1";
-    let mut row = client.query_opt(query, &[&slot]).await.map_err(pg)?;
-    if row.is_none() {
-        let created = client
-            .query_opt("SELECT lsn::text FROM pg_catalog.pg_create_logical_replication_slot($1, 'pgoutput')", &[&slot])
-            .await;
-        match created {
-            Ok(_) => tracing::info!(slot, "created logical replication slot (pgoutput)"),
-            // Another producer created it first: use it.
-            Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::DUPLICATE_OBJECT) => {}
-            Err(e) => {
-                return Err(ProducerError::Postgres(format!(
-                    "cannot create logical replication slot {slot}: {e} (the role needs the REPLICATION attribute, \
-                     and max_replication_slots must leave room)"
-                )))
-            }
-        }
-        row = client.query_opt(query, &[&slot]).await.map_err(pg)?;
+    if let Some(state) = inspect_slot(client, slot).await? {
+        return Ok(state);
     }
-    let Some(row) = row else {
-        return Err(ProducerError::Postgres(format!("replication slot {slot} vanished right after it was created")));
-    };
+    let created = client
+        .query_opt("SELECT lsn::text FROM pg_catalog.pg_create_logical_replication_slot($1, 'pgoutput')", &[&slot])
+        .await;
+    match created {
+        Ok(_) => tracing::info!(slot, "created logical replication slot (pgoutput)"),
+        // Another producer created it first: use it.
+        Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::DUPLICATE_OBJECT) => {}
+        Err(e) => {
+            return Err(ProducerError::Postgres(format!(
+                "cannot create logical replication slot {slot}: {e} (the role needs the REPLICATION attribute, \
+                 and max_replication_slots must leave room)"
+            )))
+        }
+    }
+    inspect_slot(client, slot).await?.ok_or_else(|| {
+        ProducerError::Postgres(format!("replication slot {slot} vanished right after it was created"))
+    })
+}
+
+/// The slot's state, or `None` if it does not exist; an error if it cannot serve the producer.
+pub(crate) async fn inspect_slot(
+    client: &tokio_postgres::Client,
+    slot: &str,
+) -> Result<Option<SlotState>, ProducerError> {
+    let row = client
+        .query_opt(
+            "SELECT s.plugin::text, s.slot_type, s.database::text, current_database()::text, \
+             s.active_pid, COALESCE(s.confirmed_flush_lsn, '0/0')::text \
+             FROM pg_catalog.pg_replication_slots s WHERE s.slot_name = $1",
+            &[&slot],
+        )
+        .await
+        .map_err(|e| ProducerError::Postgres(format!("inspecting replication slot {slot}: {e}")))?;
+    let Some(row) = row else { return Ok(None) };
     let plugin: Option<String> = row.get(0);
     let slot_type: String = row.get(1);
     let database: Option<String> = row.get(2);
@@ -356,10 +375,7 @@ pub(crate) async fn ensure_slot(client: &tokio_postgres::Client, slot: &str) -> 
         )));
     }
     let confirmed: String = row.get(5);
-    Ok(SlotState {
-        confirmed_flush: confirmed.parse().unwrap_or_default(),
-        active_pid: row.get(4),
-    })
+    Ok(Some(SlotState { confirmed_flush: confirmed.parse().unwrap_or_default(), active_pid: row.get(4) }))
 }
 
 #[cfg(test)]
