@@ -269,8 +269,8 @@ impl<'a> RowDecoder<'a> {
         }
     }
 
-    /// The value of `column` parsed by `parse`. `NULL` and an absent column are errors unless
-    /// `nullable` (then they give `Ok(None)`) or `default` is given (absent column only).
+    /// The value of `column` parsed by `parse`. `NULL` and an absent column give `Ok(None)` when
+    /// `nullable`, and an error otherwise.
     ///
     /// # Errors
     /// See [`ReplicatedTable::decode`].
@@ -280,14 +280,10 @@ impl<'a> RowDecoder<'a> {
         target: &'static str,
         nullable: bool,
         parse: impl FnOnce(&str) -> Result<T, E>,
-        default: Option<&dyn Fn() -> T>,
     ) -> Result<Option<T>, DecodeError> {
         match self.raw(column) {
-            None => match default {
-                Some(default) => Ok(Some(default())),
-                None if nullable => Ok(None),
-                None => Err(self.missing(column, target)),
-            },
+            None if nullable => Ok(None),
+            None => Err(self.missing(column, target)),
             Some(None) if nullable => Ok(None),
             Some(None) => Err(self.null(column, target)),
             Some(Some(text)) => parse(text).map(Some).map_err(|e| self.invalid(column, text, target, e)),

@@ -24,7 +24,7 @@
 //! counterpart in these types and are rejected with an error saying so.
 //!
 //! Your own types plug in by implementing [`FromPgText`], or, when they implement
-//! [`FromStr`](std::str::FromStr), with one line of [`from_pg_text_via_from_str!`](crate::from_pg_text_via_from_str):
+//! [`FromStr`](std::str::FromStr), with one line of [`from_pg_text_via_from_str!`](crate::text::from_pg_text_via_from_str):
 //!
 //! ```
 //! use pgkafka_common::text::FromPgText;
@@ -38,7 +38,7 @@
 //!         s.strip_prefix("SKU-").map(|rest| Sku(rest.to_owned())).ok_or_else(|| "no SKU- prefix".to_owned())
 //!     }
 //! }
-//! pgkafka_common::from_pg_text_via_from_str!(Sku);
+//! pgkafka_common::text::from_pg_text_via_from_str!(Sku);
 //!
 //! assert_eq!(Sku::from_pg_text("SKU-7")?, Sku("7".into()));
 //! assert_eq!(Vec::<Option<Sku>>::from_pg_text("{SKU-1,NULL}")?, vec![Some(Sku("1".into())), None]);
@@ -97,6 +97,11 @@ impl ParseTextError {
 /// assert_eq!(Option::<Point>::from_pg_null(), Some(None));
 /// # Ok::<(), ParseTextError>(())
 /// ```
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot be decoded from PostgreSQL's text output",
+    label = "no `FromPgText` for `{Self}`",
+    note = "implement `pgkafka::text::FromPgText` for it, use `pgkafka::text::from_pg_text_via_from_str!` if it implements `FromStr`, or give the field `#[replicated(parse_with = path::to::fn)]`"
+)]
 pub trait FromPgText: Sized {
     /// Parses one non-NULL value.
     ///
@@ -515,6 +520,8 @@ macro_rules! from_pg_text_via_from_str {
         }
     )+};
 }
+
+pub use crate::from_pg_text_via_from_str;
 
 #[cfg(feature = "uuid")]
 impl FromPgText for uuid::Uuid {

@@ -65,6 +65,16 @@ pub enum ConsumerError {
     /// The consumer's configuration cannot work; the message says what to change.
     #[error("invalid consumer configuration: {0}")]
     Config(String),
+    /// A row that does not decode into its `#[derive(ReplicatedTable)]` type (typed handlers).
+    /// Fatal: the same bytes would fail the same way on every retry.
+    #[error("{0}")]
+    Decode(#[from] pgkafka_common::DecodeError),
+    /// An op of a table that no typed handler is routed for (see `typed::Router`).
+    #[error("no handler is routed for table {table}; route it, or call ignore_unknown_tables()")]
+    UnhandledTable {
+        /// The op's table.
+        table: String,
+    },
 }
 
 impl ConsumerError {

@@ -1,0 +1,10 @@
+use pgkafka::ReplicatedTable;
+
+#[derive(ReplicatedTable)]
+#[replicated(column = "x")]
+struct Inventory {
+    #[replicated(topic = "t")]
+    id: i64,
+}
+
+fn main() {}

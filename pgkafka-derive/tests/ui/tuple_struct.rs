@@ -1,0 +1,6 @@
+use pgkafka::ReplicatedTable;
+
+#[derive(ReplicatedTable)]
+struct Inventory(i64, String);
+
+fn main() {}
