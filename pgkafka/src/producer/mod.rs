@@ -215,7 +215,7 @@ impl Producer {
         schema::validate_slot_name(&config.slot_name)?;
         let connection = connection::ConnectionInfo::parse(&config.connection_string)?;
         let client = connection.connect().await.map_err(|e| {
-            ProducerError::Postgres(format!("cannot connect to PostgreSQL at {}: {e}", connection.redacted))
+            ProducerError::Postgres(format!("cannot connect to PostgreSQL at {}: {}", connection.redacted, connection::with_sources(&e)))
         })?;
         let routes = schema::check(&client, &config.publication_name, &config.topic_map).await?;
         let slot = match schema::inspect_slot(&client, &config.slot_name).await? {

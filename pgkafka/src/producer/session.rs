@@ -198,7 +198,11 @@ fn slot_in_use(config: &ProducerConfig, pid: Option<i32>) -> SessionError {
 }
 
 fn classify_connect_error(error: tokio_postgres::Error, connection: &ConnectionInfo, first: bool) -> SessionError {
-    let message = format!("cannot connect to PostgreSQL at {}: {error}", connection.redacted);
+    let message = format!(
+        "cannot connect to PostgreSQL at {}: {}",
+        connection.redacted,
+        super::connection::with_sources(&error)
+    );
     let permanent = error.code().is_some_and(|code| {
         let code = code.code();
         // 28: invalid authorization, 3D: invalid catalog name (no such database).

@@ -1,0 +1,254 @@
+//! `pgkafka`: runs a producer from a configuration file.
+//!
+//! ```text
+//! pgkafka --config pgkafka.toml                 # stream until SIGINT/SIGTERM
+//! pgkafka --config pgkafka.toml --check         # validate config, database and brokers, then exit
+//! pgkafka --config pgkafka.toml --metrics-addr 127.0.0.1:9187   # also serve Prometheus metrics
+//! ```
+//!
+//! The file is TOML (or JSON, by the `.json` extension):
+//!
+//! ```toml
+//! connection_string = "postgresql://replicator@db.internal:5432/app?sslmode=verify-full"
+//! brokers = "kafka-1:9092,kafka-2:9092"
+//! slot = "pgkafka_app"
+//! publication = "pgkafka_app"
+//! truncate = "fail"          # or "skip"
+//! slot_in_use = "wait"       # or "fail"
+//!
+//! [topics.inventory]
+//! name = "inventory"
+//! partition_key = ["organization_id"]
+//!
+//! [kafka]                    # librdkafka producer properties, passed through
+//! "compression.type" = "lz4"
+//! ```
+//!
+//! Secrets stay out of the file: `PGKAFKA_CONNECTION_STRING` and `PGKAFKA_BROKERS` replace the
+//! file's values, and `PGKAFKA_KAFKA_<PROPERTY>` sets a librdkafka property (`PGKAFKA_KAFKA_SASL_PASSWORD`
+//! sets `sasl.password`).
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use pgkafka::{Producer, ProducerError, SlotInUsePolicy, SlotStatus, TopicInfo, TruncatePolicy};
+use serde::Deserialize;
+
+/// Streams PostgreSQL row changes to Kafka from a logical replication slot.
+#[derive(Debug, Parser)]
+#[command(name = "pgkafka", version, about)]
+struct Args {
+    /// The configuration file (TOML, or JSON when it ends in .json).
+    #[arg(short, long, env = "PGKAFKA_CONFIG")]
+    config: PathBuf,
+    /// Validate the configuration, the database (publication, replica identity, key columns,
+    /// slot) and the brokers, print what would be streamed, and exit.
+    #[arg(long)]
+    check: bool,
+    /// Serve Prometheus metrics at http://ADDR/metrics.
+    #[arg(long, value_name = "ADDR")]
+    metrics_addr: Option<SocketAddr>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    connection_string: Option<String>,
+    brokers: Option<String>,
+    slot: String,
+    publication: String,
+    topics: HashMap<String, TopicInfo>,
+    #[serde(default)]
+    kafka: BTreeMap<String, String>,
+    #[serde(default)]
+    truncate: Truncate,
+    #[serde(default)]
+    slot_in_use: SlotInUse,
+    max_in_flight: Option<usize>,
+    shutdown_timeout_secs: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum Truncate {
+    #[default]
+    Fail,
+    Skip,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum SlotInUse {
+    #[default]
+    Wait,
+    Fail,
+}
+
+/// A problem reported to the user: one paragraph, and the exit code.
+struct Failure {
+    message: String,
+    code: u8,
+}
+
+impl Failure {
+    fn config(message: impl Into<String>) -> Self {
+        Self { message: message.into(), code: 2 }
+    }
+}
+
+impl From<ProducerError> for Failure {
+    fn from(error: ProducerError) -> Self {
+        let code = match error {
+            ProducerError::Config(_) | ProducerError::Schema(_) => 2,
+            _ => 1,
+        };
+        Self { message: error.to_string(), code }
+    }
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the async runtime: {error}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(run(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(failure) => {
+            eprintln!("error: {}", failure.message);
+            ExitCode::from(failure.code)
+        }
+    }
+}
+
+async fn run(args: Args) -> Result<(), Failure> {
+    let file = load(&args.config)?;
+    let producer = build(file, &args.config)?;
+    if args.check {
+        let report = producer.check().await?;
+        println!("configuration and database OK; the producer would stream:");
+        for table in &report.tables {
+            println!("  {} -> topic {} (key: {})", table.table_name, table.topic, table.partition_key.join(", "));
+        }
+        match report.slot {
+            SlotStatus::Missing => println!("replication slot: does not exist yet, will be created"),
+            SlotStatus::Idle { confirmed } => println!("replication slot: idle, resumes at {confirmed}"),
+            SlotStatus::Active { confirmed, pid } => {
+                println!("replication slot: in use by server process {pid} (confirmed {confirmed})");
+            }
+            _ => {}
+        }
+        return Ok(());
+    }
+    if let Some(addr) = args.metrics_addr {
+        metrics_exporter_prometheus::PrometheusBuilder::new()
+            .with_http_listener(addr)
+            .install()
+            .map_err(|e| Failure::config(format!("cannot serve metrics on {addr}: {e}")))?;
+        tracing::info!(%addr, "serving Prometheus metrics at /metrics");
+    }
+    let stop = producer.shutdown_handle();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("stopping: delivering what is in flight and confirming it");
+        stop.shutdown();
+    });
+    producer.start().await?;
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+fn load(path: &Path) -> Result<FileConfig, Failure> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        Failure::config(format!(
+            "cannot read the configuration file {}: {e}. Pass an existing file with --config (see `pgkafka --help`)",
+            path.display()
+        ))
+    })?;
+    let is_json = path.extension().is_some_and(|ext| ext.eq_ignore_ascii_case("json"));
+    let parsed = if is_json {
+        serde_json::from_str(&text).map_err(|e| e.to_string())
+    } else {
+        toml::from_str(&text).map_err(|e| {
+            let line = e.span().map(|span| text.get(..span.start).unwrap_or_default().matches('\n').count() + 1);
+            match line {
+                Some(line) => format!("line {line}: {}", e.message()),
+                None => e.message().to_owned(),
+            }
+        })
+    };
+    parsed.map_err(|e| Failure::config(format!("the configuration file {} is not valid: {e}", path.display())))
+}
+
+fn build(file: FileConfig, path: &Path) -> Result<Producer, Failure> {
+    let missing = |what: &str, var: &str| {
+        Failure::config(format!("{} sets no {what}; set `{what}` in it or the environment variable {var}", path.display()))
+    };
+    let connection_string = env_nonempty("PGKAFKA_CONNECTION_STRING")
+        .or(file.connection_string)
+        .ok_or_else(|| missing("connection_string", "PGKAFKA_CONNECTION_STRING"))?;
+    let brokers = env_nonempty("PGKAFKA_BROKERS").or(file.brokers).ok_or_else(|| missing("brokers", "PGKAFKA_BROKERS"))?;
+    let mut builder = Producer::builder(connection_string, brokers, file.slot, file.publication, file.topics)
+        .truncate_policy(match file.truncate {
+            Truncate::Fail => TruncatePolicy::Fail,
+            Truncate::Skip => TruncatePolicy::Skip,
+        })
+        .slot_in_use_policy(match file.slot_in_use {
+            SlotInUse::Wait => SlotInUsePolicy::Wait,
+            SlotInUse::Fail => SlotInUsePolicy::Fail,
+        });
+    if let Some(max) = file.max_in_flight {
+        builder = builder.max_in_flight(max);
+    }
+    if let Some(secs) = file.shutdown_timeout_secs {
+        builder = builder.shutdown_timeout(Duration::from_secs(secs));
+    }
+    for (key, value) in file.kafka {
+        builder = builder.kafka_option(key, value);
+    }
+    for (var, value) in std::env::vars() {
+        if let Some(property) = var.strip_prefix("PGKAFKA_KAFKA_") {
+            builder = builder.kafka_option(property.to_lowercase().replace('_', "."), value);
+        }
+    }
+    Ok(builder.build())
+}
+
+fn env_nonempty(var: &str) -> Option<String> {
+    std::env::var(var).ok().filter(|v| !v.is_empty())
+}
