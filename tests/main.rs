@@ -3,3 +3,4 @@
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic, clippy::indexing_slicing)]
 
 mod foundation;
+mod typed;
