@@ -384,7 +384,7 @@ impl Session<'_> {
                 self.publish(relation_id, OpKindRows::Insert(&new))?;
             }
             Message::Update { relation_id, old, new } => {
-                let Some((_, old)) = old else {
+                let Some((pgoutput::OldTupleKind::Full, old)) = old else {
                     return Err(self.needs_full_identity(relation_id, "an update"));
                 };
                 let old = self.row(relation_id, old, None)?;
