@@ -18,5 +18,5 @@ pub mod pgoutput;
 pub mod text;
 
 pub use lsn::{Lsn, ParseLsnError};
-pub use table::{Change, DecodeError, ReplicatedTable, RowDecoder, TypedOp, MAX_QUOTED_VALUE_CHARS};
+pub use table::{Change, Column, DecodeError, ReplicatedTable, RowDecoder, TypedOp, MAX_QUOTED_VALUE_CHARS};
 pub use wire::{Op, OpKind, ReplicationOp, Row, TopicInfo};

@@ -13,7 +13,7 @@ use crate::{Lsn, Op, ReplicationOp, TopicInfo};
 /// hand with [`RowDecoder`]:
 ///
 /// ```
-/// use pgkafka_common::{DecodeError, ReplicatedTable, RowDecoder};
+/// use pgkafka_common::{Column, DecodeError, ReplicatedTable, RowDecoder};
 ///
 /// struct Inventory { organization_id: i64, sku: String, quantity: Option<i32> }
 ///
@@ -23,7 +23,11 @@ use crate::{Lsn, Op, ReplicationOp, TopicInfo};
 ///     const TABLE_NAME: &'static str = "inventory";
 ///     const TOPIC: &'static str = "inventory_topic";
 ///     const PARTITION_KEY: &'static [&'static str] = &["organization_id"];
-///     const COLUMNS: &'static [&'static str] = &["organization_id", "sku", "quantity"];
+///     const COLUMNS: &'static [Column] = &[
+///         Column::new("organization_id", "i64"),
+///         Column::new("sku", "String"),
+///         Column::new("quantity", "Option<i32>").nullable(),
+///     ];
 ///
 ///     fn decode(col_names: &[String], row: &[Option<String>]) -> Result<Self, DecodeError> {
 ///         let row = RowDecoder::new(Self::TABLE_NAME, col_names, row)?;
@@ -54,7 +58,7 @@ pub trait ReplicatedTable: Sized {
     /// The columns whose values form the Kafka message key; empty means the primary key.
     const PARTITION_KEY: &'static [&'static str];
     /// The columns this type reads, in field order.
-    const COLUMNS: &'static [&'static str];
+    const COLUMNS: &'static [Column];
 
     /// Decodes one row. Columns are matched by name: their order does not matter, and columns
     /// this type does not read are ignored.
@@ -81,6 +85,45 @@ pub trait ReplicatedTable: Sized {
     }
 }
 
+/// A column a [`ReplicatedTable`] reads, as its field declares it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Column {
+    /// The column's name.
+    pub name: &'static str,
+    /// The field's Rust type, as written.
+    pub rust_type: &'static str,
+    /// The field accepts `NULL` (and an absent column): its type is written `Option<..>`.
+    pub nullable: bool,
+    /// The field has a value for an absent column (`#[replicated(default)]`).
+    pub has_default: bool,
+}
+
+impl Column {
+    /// A column read into a field that accepts neither `NULL` nor absence.
+    #[must_use]
+    pub const fn new(name: &'static str, rust_type: &'static str) -> Self {
+        Self { name, rust_type, nullable: false, has_default: false }
+    }
+
+    /// This column with `nullable` set.
+    #[must_use]
+    pub const fn nullable(self) -> Self {
+        Self { nullable: true, ..self }
+    }
+
+    /// This column with `nullable` set to `nullable`.
+    #[must_use]
+    pub const fn nullable_if(self, nullable: bool) -> Self {
+        Self { nullable, ..self }
+    }
+
+    /// This column with `has_default` set.
+    #[must_use]
+    pub const fn with_default(self) -> Self {
+        Self { has_default: true, ..self }
+    }
+}
+
 /// Longest value, in characters, quoted in a [`DecodeError`]; longer values are cut with `…`.
 pub const MAX_QUOTED_VALUE_CHARS: usize = 64;
 
@@ -95,7 +138,7 @@ pub const MAX_QUOTED_VALUE_CHARS: usize = 64;
 /// # #[derive(Debug)] struct T;
 /// # impl ReplicatedTable for T {
 /// #   const SCHEMA: &'static str = "public"; const TABLE: &'static str = "t"; const TABLE_NAME: &'static str = "t";
-/// #   const TOPIC: &'static str = "t"; const PARTITION_KEY: &'static [&'static str] = &[]; const COLUMNS: &'static [&'static str] = &["n"];
+/// #   const TOPIC: &'static str = "t"; const PARTITION_KEY: &'static [&'static str] = &[]; const COLUMNS: &'static [pgkafka_common::Column] = &[];
 /// #   fn decode(c: &[String], r: &[Option<String>]) -> Result<Self, DecodeError> {
 /// #       let row = pgkafka_common::RowDecoder::new("t", c, r)?; let _: i32 = row.get("n", "i32")?; Ok(T) }
 /// # }
@@ -313,7 +356,7 @@ impl<'a> RowDecoder<'a> {
 /// # #[derive(Debug, PartialEq)] struct Item { id: i64 }
 /// # impl ReplicatedTable for Item {
 /// #   const SCHEMA: &'static str = "public"; const TABLE: &'static str = "items"; const TABLE_NAME: &'static str = "items";
-/// #   const TOPIC: &'static str = "items"; const PARTITION_KEY: &'static [&'static str] = &[]; const COLUMNS: &'static [&'static str] = &["id"];
+/// #   const TOPIC: &'static str = "items"; const PARTITION_KEY: &'static [&'static str] = &[]; const COLUMNS: &'static [pgkafka_common::Column] = &[];
 /// #   fn decode(c: &[String], r: &[Option<String>]) -> Result<Self, DecodeError> {
 /// #       Ok(Item { id: RowDecoder::new(Self::TABLE_NAME, c, r)?.get("id", "i64")? }) }
 /// # }
@@ -421,7 +464,8 @@ mod tests {
         const TABLE_NAME: &'static str = "shop.items";
         const TOPIC: &'static str = "items_topic";
         const PARTITION_KEY: &'static [&'static str] = &["id"];
-        const COLUMNS: &'static [&'static str] = &["id", "name", "tags"];
+        const COLUMNS: &'static [Column] =
+            &[Column::new("id", "i64"), Column::new("name", "Option<String>").nullable(), Column::new("tags", "Vec<String>").with_default()];
 
         fn decode(col_names: &[String], row: &[Option<String>]) -> Result<Self, DecodeError> {
             let row = RowDecoder::new(Self::TABLE_NAME, col_names, row)?;
@@ -489,7 +533,7 @@ mod tests {
             const TABLE_NAME: &'static str = "p";
             const TOPIC: &'static str = "p";
             const PARTITION_KEY: &'static [&'static str] = &[];
-            const COLUMNS: &'static [&'static str] = &[];
+            const COLUMNS: &'static [Column] = &[];
             fn decode(_: &[String], _: &[Option<String>]) -> Result<Self, DecodeError> {
                 Ok(P)
             }

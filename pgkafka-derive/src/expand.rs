@@ -24,7 +24,7 @@ pub(crate) fn expand(cont: &Container<'_>) -> TokenStream {
                 .collect()
         })
         .unwrap_or_default();
-    let columns: Vec<String> = cont.fields.iter().map(Field::column).collect();
+    let columns = cont.fields.iter().map(column_spec);
     let field_inits = cont.fields.iter().map(|field| {
         let name = field.ident;
         let value = decode_field(field);
@@ -39,7 +39,7 @@ pub(crate) fn expand(cont: &Container<'_>) -> TokenStream {
             const TABLE_NAME: &'static str = #table_name;
             const TOPIC: &'static str = #topic;
             const PARTITION_KEY: &'static [&'static str] = &[#(#partition_key),*];
-            const COLUMNS: &'static [&'static str] = &[#(#columns),*];
+            const COLUMNS: &'static [__pgk::Column] = &[#(#columns),*];
 
             fn decode(
                 col_names: &[::std::string::String],
@@ -54,6 +54,18 @@ pub(crate) fn expand(cont: &Container<'_>) -> TokenStream {
             }
         }
     })
+}
+
+/// The field's `Column` constant. Nullable means the type is written `Option<..>`: decoding
+/// itself asks the type (`FromPgText::from_pg_null`), but naming the trait here too would report
+/// an undecodable field type twice.
+fn column_spec(field: &Field<'_>) -> TokenStream {
+    let ty = field.ty;
+    let column = field.column();
+    let target = type_name(ty);
+    let nullable = option_inner(ty).is_some();
+    let default = if field.attrs.default.is_some() { quote!(.with_default()) } else { quote!() };
+    quote!(__pgk::Column::new(#column, #target).nullable_if(#nullable) #default)
 }
 
 /// The expression that decodes one field from `__row`.
@@ -119,7 +131,7 @@ pub(crate) fn fallback(input: &DeriveInput) -> TokenStream {
             const TABLE_NAME: &'static str = "";
             const TOPIC: &'static str = "";
             const PARTITION_KEY: &'static [&'static str] = &[];
-            const COLUMNS: &'static [&'static str] = &[];
+            const COLUMNS: &'static [__pgk::Column] = &[];
 
             fn decode(
                 _: &[::std::string::String],

@@ -11,7 +11,7 @@
 pub use pgkafka_common::{key, Lsn, Op, OpKind, ParseLsnError, ReplicationOp, Row, TopicInfo};
 
 // The typed API: `#[derive(ReplicatedTable)]` structs, their decoded ops, and typed handlers.
-pub use pgkafka_common::{text, Change, DecodeError, ReplicatedTable, TypedOp};
+pub use pgkafka_common::{text, Change, Column, DecodeError, ReplicatedTable, TypedOp};
 #[cfg(feature = "derive")]
 pub use pgkafka_derive::ReplicatedTable;
 pub mod typed;
@@ -21,7 +21,7 @@ pub mod typed;
 #[doc(hidden)]
 pub mod __private {
     pub use crate::typed::dedup_topics;
-    pub use pgkafka_common::{DecodeError, ReplicatedTable, RowDecoder};
+    pub use pgkafka_common::{Column, DecodeError, ReplicatedTable, RowDecoder};
 }
 
 /// Re-exported so applications implement the consumer traits with the same version pgkafka uses.

@@ -51,7 +51,13 @@ fn main() {
     assert_eq!(Inventory::TABLE_NAME, "shop.inventory");
     assert_eq!(Inventory::TOPIC, "inventory_topic");
     assert_eq!(Inventory::PARTITION_KEY, ["org_id", "sku"]);
-    assert_eq!(Inventory::COLUMNS, ["org_id", "sku", "price", "tags", "warehouse", "type"]);
+    let names: Vec<&str> = Inventory::COLUMNS.iter().map(|c| c.name).collect();
+    assert_eq!(names, ["org_id", "sku", "price", "tags", "warehouse", "type"]);
+    let nullable: Vec<bool> = Inventory::COLUMNS.iter().map(|c| c.nullable).collect();
+    assert_eq!(nullable, [false, false, true, false, false, true]);
+    let defaults: Vec<bool> = Inventory::COLUMNS.iter().map(|c| c.has_default).collect();
+    assert_eq!(defaults, [false, false, false, true, true, false]);
+    assert_eq!(Inventory::COLUMNS[2].rust_type, "Option<i64>");
     assert_eq!(OrderLine::TABLE_NAME, "order_line");
     assert_eq!(OrderLine::TOPIC, "order_line");
 

@@ -1,7 +1,7 @@
 //! The typed API: structs that stand for tables, topic maps built from them, and handlers that
 //! take decoded rows.
 //!
-//! 1. Derive [`ReplicatedTable`](crate::ReplicatedTable) on a struct per table.
+//! 1. Derive [`ReplicatedTable`] on a struct per table.
 //! 2. Give the producer [`topic_map!`](crate::topic_map)`[Inventory, Orders]`.
 //! 3. Implement [`TableHandler<Inventory>`](TableHandler) (or [`IdempotentTableHandler`]), route
 //!    tables to handlers with a [`Router`] (or [`IdempotentRouter`]), and run it with a
@@ -56,13 +56,17 @@
 mod handler;
 #[cfg(feature = "consumer")]
 mod router;
+#[cfg(feature = "producer")]
+mod schema;
 
 #[cfg(feature = "consumer")]
 pub use handler::{handler_fn, FnHandler, IdempotentTableHandler, TableHandler};
 #[cfg(feature = "consumer")]
 pub use router::{IdempotentRouter, Router};
+#[cfg(feature = "producer")]
+pub use schema::{check_table, SchemaCheckError};
 
-pub use pgkafka_common::{Change, DecodeError, ReplicatedTable, RowDecoder, TypedOp};
+pub use pgkafka_common::{Change, Column, DecodeError, ReplicatedTable, RowDecoder, TypedOp};
 
 /// The producer's topic map for the given [`ReplicatedTable`](crate::ReplicatedTable) types:
 /// a `HashMap<String, TopicInfo>` keyed by each type's
