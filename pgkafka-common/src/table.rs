@@ -524,6 +524,19 @@ mod tests {
         assert!(matches!(TypedOp::<Item>::from_op(&other), Err(DecodeError::WrongTable { .. })));
     }
 
+    proptest::proptest! {
+        #[test]
+        fn decoding_arbitrary_rows_never_panics(
+            cols in proptest::collection::vec(proptest::sample::select(vec!["id", "name", "tags", "other", ""]), 0..6),
+            values in proptest::collection::vec(proptest::option::of(".{0,12}"), 0..6),
+        ) {
+            let cols: Vec<String> = cols.iter().map(|&c| c.to_owned()).collect();
+            let _ = Item::decode(&cols, &values);
+            let op = ReplicationOp { table_name: "shop.items".into(), col_names: cols, lsn: 0, seq_id: 0, op: Op::Insert(values) };
+            let _ = TypedOp::<Item>::from_op(&op);
+        }
+    }
+
     #[test]
     fn public_tables_match_bare_and_qualified_names() {
         struct P;
