@@ -12,6 +12,8 @@ pub(crate) struct Container<'a> {
     pub(crate) attrs: ContainerAttrs,
     /// Empty when the input is not a struct with named fields (already reported).
     pub(crate) fields: Vec<Field<'a>>,
+    /// Whether the input is a struct with named fields, so field names can be checked.
+    pub(crate) has_named_fields: bool,
 }
 
 #[derive(Debug)]
@@ -77,7 +79,8 @@ impl<'a> Container<'a> {
                 Vec::new()
             }
         };
-        Container { input, attrs, fields }
+        let has_named_fields = matches!(&input.data, Data::Struct(data) if matches!(data.fields, Fields::Named(_)));
+        Container { input, attrs, fields, has_named_fields }
     }
 
     /// The table name: the `table` option, else the struct's name in snake_case.

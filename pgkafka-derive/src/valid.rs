@@ -33,17 +33,13 @@ fn check_partition_key(cx: &mut Ctxt, cont: &Container<'_>) {
             continue;
         }
         seen.push(ident);
-        // Fields that failed to parse are not in `cont.fields`; a struct that is not one has
-        // been reported already, so only check real structs.
-        if !cont.fields.is_empty() && !cont.fields.iter().any(|f| f.ident == ident) {
+        // An input that is not a struct with named fields has been reported already.
+        if cont.has_named_fields && !cont.fields.iter().any(|f| f.ident == ident) {
             let known: Vec<String> = cont.fields.iter().map(|f| f.ident.to_string()).collect();
+            let known = if known.is_empty() { "it has none".to_owned() } else { format!("fields: {}", known.join(", ")) };
             cx.error_spanned_by(
                 ident,
-                format!(
-                    "partition_key names `{ident}`, which is not a field of `{}`; fields: {}",
-                    cont.input.ident,
-                    known.join(", ")
-                ),
+                format!("partition_key names `{ident}`, which is not a field of `{}`; {known}", cont.input.ident),
             );
         }
     }
