@@ -49,6 +49,8 @@ pub(crate) struct ContainerAttrs {
     pub(crate) schema: Option<Setting<String>>,
     pub(crate) topic: Option<Setting<String>>,
     pub(crate) partition_key: Option<Setting<Vec<Ident>>>,
+    /// `crate = "path"`: where pgkafka is, when the dependency is renamed or re-exported.
+    pub(crate) krate: Option<Setting<Path>>,
 }
 
 /// How a field gets a value when its column is absent.
@@ -100,6 +102,7 @@ pub(crate) fn container(cx: &mut Ctxt, attrs: &[Attribute]) -> ContainerAttrs {
     let mut schema = Slot::new("schema");
     let mut topic = Slot::new("topic");
     let mut partition_key = Slot::new("partition_key");
+    let mut krate = Slot::new("crate");
     for attr in attrs.iter().filter(|a| is_ours(a)) {
         let result = attr.parse_nested_meta(|meta| {
             let path = meta.path.clone();
@@ -118,9 +121,12 @@ pub(crate) fn container(cx: &mut Ctxt, attrs: &[Attribute]) -> ContainerAttrs {
             } else if path.is_ident("partition_key") {
                 let fields = field_list(meta.value()?)?;
                 partition_key.set(cx, &path, fields);
+            } else if path.is_ident("crate") {
+                let value = path_value(meta.value()?)?;
+                krate.set(cx, &path, value);
             } else if is_field_key(&path) {
                 return Err(meta.error(format!(
-                    "`{}` is a field option; put it on a field. Struct options: table, schema, topic, partition_key",
+                    "`{}` is a field option; put it on a field. Struct options: table, schema, topic, partition_key, crate",
                     path_name(&path)
                 )));
             } else {
@@ -132,7 +138,13 @@ pub(crate) fn container(cx: &mut Ctxt, attrs: &[Attribute]) -> ContainerAttrs {
             cx.syn_error(e);
         }
     }
-    ContainerAttrs { table: table.get(), schema: schema.get(), topic: topic.get(), partition_key: partition_key.get() }
+    ContainerAttrs {
+        table: table.get(),
+        schema: schema.get(),
+        topic: topic.get(),
+        partition_key: partition_key.get(),
+        krate: krate.get(),
+    }
 }
 
 pub(crate) fn field(cx: &mut Ctxt, attrs: &[Attribute]) -> FieldAttrs {
@@ -173,7 +185,7 @@ pub(crate) fn field(cx: &mut Ctxt, attrs: &[Attribute]) -> FieldAttrs {
     FieldAttrs { column: column.get(), parse_with: parse_with.get(), default: default.get() }
 }
 
-const CONTAINER_KEYS: [&str; 4] = ["table", "schema", "topic", "partition_key"];
+const CONTAINER_KEYS: [&str; 5] = ["table", "schema", "topic", "partition_key", "crate"];
 const FIELD_KEYS: [&str; 3] = ["column", "parse_with", "default"];
 
 fn is_field_key(path: &Path) -> bool {

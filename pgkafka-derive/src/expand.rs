@@ -31,7 +31,8 @@ pub(crate) fn expand(cont: &Container<'_>) -> TokenStream {
         quote!(#name: #value)
     });
 
-    wrap(quote! {
+    let krate = cont.attrs.krate.as_ref().map(|k| &k.value);
+    wrap(krate, quote! {
         #[automatically_derived]
         impl __pgk::ReplicatedTable for #ident {
             const SCHEMA: &'static str = #schema;
@@ -107,12 +108,16 @@ fn decode_field(field: &Field<'_>) -> TokenStream {
 
 /// The impl in an anonymous const, with the runtime crate under a private alias, so the
 /// expansion neither leaks names into nor depends on names in the user's module.
-fn wrap(body: TokenStream) -> TokenStream {
+fn wrap(krate: Option<&syn::Path>, body: TokenStream) -> TokenStream {
+    let krate = match krate {
+        Some(path) => quote!(#path),
+        None => quote!(::pgkafka),
+    };
     quote! {
         #[doc(hidden)]
         #[allow(non_upper_case_globals, unused_qualifications, clippy::all)]
         const _: () = {
-            use ::pgkafka::__private as __pgk;
+            use #krate::__private as __pgk;
             #body
         };
     }
@@ -123,7 +128,7 @@ fn wrap(body: TokenStream) -> TokenStream {
 pub(crate) fn fallback(input: &DeriveInput) -> TokenStream {
     let ident = &input.ident;
     let (impl_generics, ty_generics, where_clause) = input.generics.split_for_impl();
-    wrap(quote! {
+    wrap(None, quote! {
         #[automatically_derived]
         impl #impl_generics __pgk::ReplicatedTable for #ident #ty_generics #where_clause {
             const SCHEMA: &'static str = "";

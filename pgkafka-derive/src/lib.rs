@@ -33,7 +33,8 @@ use syn::{parse_macro_input, DeriveInput};
 ///
 /// Struct options (all optional): `table = "..."` (default: the struct's name in snake_case),
 /// `schema = "..."` (default `public`), `topic = "..."` (default: the table name as the
-/// producer writes it), `partition_key = [field, ...]` (default: the table's primary key).
+/// producer writes it), `partition_key = [field, ...]` (default: the table's primary key),
+/// `crate = "path"` (where pgkafka is, when your dependency on it is renamed; default `::pgkafka`).
 ///
 /// Field options: `column = "..."` (default: the field's name), `parse_with = path::to::fn`
 /// (a `fn(&str) -> Result<T, E: Display>`; for an `Option<T>` field it parses `T` and `NULL` is

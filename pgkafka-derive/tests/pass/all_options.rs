@@ -47,6 +47,18 @@ struct OrderLine {
     id: i64,
 }
 
+/// pgkafka reached through another path, as when the dependency is renamed.
+mod reexport {
+    pub use pgkafka as pgk;
+}
+
+#[derive(ReplicatedTable)]
+#[replicated(crate = "reexport::pgk", table = "renamed")]
+struct Renamed {
+    #[allow(dead_code)]
+    id: i64,
+}
+
 fn main() {
     assert_eq!(Inventory::TABLE_NAME, "shop.inventory");
     assert_eq!(Inventory::TOPIC, "inventory_topic");
@@ -60,6 +72,7 @@ fn main() {
     assert_eq!(Inventory::COLUMNS[2].rust_type, "Option<i64>");
     assert_eq!(OrderLine::TABLE_NAME, "order_line");
     assert_eq!(OrderLine::TOPIC, "order_line");
+    assert_eq!(Renamed::TABLE_NAME, "renamed");
 
     let op: pgkafka::ReplicationOp = serde_json::from_str(
         r#"{"table_name":"shop.inventory","col_names":["sku","org_id","price","type","added_later"],
