@@ -112,6 +112,7 @@ HBA
     || die "could not create the test roles"
 CREATE ROLE $scram_user LOGIN REPLICATION SUPERUSER PASSWORD '$scram_password';
 SQL
+  echo "$pg_data" >"$state/started_postgres"
   log "PostgreSQL $("$bin/postgres" --version | awk '{print $3}') on 127.0.0.1:$pg_port (data $pg_data)"
 }
 
@@ -201,13 +202,16 @@ up() {
   log "environment written to $state/env"
 }
 
+# Stops only what `up` of this checkout started: servers it found running belong to someone else.
 down() {
   if [ -f "$state/broker.pid" ]; then
     kill "$(cat "$state/broker.pid")" 2>/dev/null || true
     rm -f "$state/broker.pid"
   fi
-  if pg_bin >/dev/null && [ -f "$pg_data/postmaster.pid" ]; then
-    as_postgres "$(pg_bin)/pg_ctl" -D "$pg_data" -m fast stop >/dev/null 2>&1 || true
+  if [ -f "$state/started_postgres" ] && pg_bin >/dev/null; then
+    local data; data=$(cat "$state/started_postgres")
+    [ -f "$data/postmaster.pid" ] && as_postgres "$(pg_bin)/pg_ctl" -D "$data" -m fast stop >/dev/null 2>&1 || true
+    rm -f "$state/started_postgres"
   fi
   rm -f "$state/env"
 }
