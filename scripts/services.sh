@@ -175,6 +175,13 @@ start_broker() {
   die "the Tansu broker did not listen on 127.0.0.1:$broker_port within 10 s; see $state/broker.log"
 }
 
+# The broker's pid: ours, or that of whatever listens on the port (a broker another checkout started).
+broker_pid() {
+  if [ -f "$state/broker.pid" ]; then cat "$state/broker.pid"; return 0; fi
+  command -v ss >/dev/null && ss -ltnpH "sport = :$broker_port" 2>/dev/null | grep -o 'pid=[0-9]*' | head -n 1 | cut -d= -f2
+  return 0
+}
+
 write_env() {
   {
     if [ -n "${PGKAFKA_TEST_DATABASE_URL:-}" ]; then
@@ -189,7 +196,7 @@ write_env() {
       echo "PGKAFKA_TEST_BROKERS=$PGKAFKA_TEST_BROKERS"
     else
       echo "PGKAFKA_TEST_BROKERS=127.0.0.1:$broker_port"
-      echo "PGKAFKA_TEST_BROKER_PID=$(cat "$state/broker.pid" 2>/dev/null || true)"
+      echo "PGKAFKA_TEST_BROKER_PID=$(broker_pid)"
     fi
   } >"$state/env"
 }
