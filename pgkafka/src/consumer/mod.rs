@@ -1,16 +1,49 @@
 //! Kafka consumers that hand each [`ReplicationOp`](crate::ReplicationOp) to your application.
+//!
+//! Two ways to run a [`Consumer`]:
+//!
+//! - [`Consumer::start_basic`] runs a [`BasicApplication`]: at least once, in offset order per
+//!   partition.
+//! - [`Consumer::start_idempotent`] runs an [`IdempotentApplication`]: exactly-once effects, in
+//!   offset order per partition, by recording progress in the same PostgreSQL transaction as the
+//!   application's writes (see [`Consumer::start_idempotent`] for the state table).
+//!
+//! # How messages flow
+//!
+//! One thread polls Kafka (librdkafka's `BaseConsumer`, with `enable.auto.commit=false` and
+//! `enable.auto.offset.store=false`) and hands each record to a task of its own partition. A
+//! partition's task handles its records strictly one after another, in offset order; tasks of
+//! different partitions run concurrently, at most [`Consumer::max_concurrent_partitions`] at a
+//! time. A partition whose task falls behind is paused in librdkafka, so one slow partition holds
+//! neither memory nor the others.
+//!
+//! Offsets are committed (every [`Consumer::commit_interval`], on rebalance, and at the end) only
+//! up to the first record whose handling has not finished. When partitions are revoked, their
+//! tasks finish the op in hand (a transient-error backoff is cut short), the finished offsets are
+//! committed synchronously, and only then does the rebalance go on: the next owner starts exactly
+//! after what was handled.
 
 mod error;
+mod idempotent;
+mod run;
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
 
 pub use error::ConsumerError;
 
 use async_trait::async_trait;
 use sqlx::{Postgres, Transaction};
+use tokio_util::sync::CancellationToken;
 
 use crate::ReplicationOp;
 
 /// An application run by [`Consumer::start_basic`]: ops of one partition arrive one at a time, in
 /// offset order; ops of different partitions may be handled concurrently.
+///
+/// Delivery is at least once: after a crash, the ops handled since the last offset commit are
+/// handed over again. Use [`IdempotentApplication`] when effects must happen exactly once.
 #[async_trait]
 pub trait BasicApplication: Send + Sync + 'static {
     /// Handles one op. An error says whether to retry it or stop, see [`ConsumerError`].
@@ -19,6 +52,9 @@ pub trait BasicApplication: Send + Sync + 'static {
 
 /// An application run by [`Consumer::start_idempotent`]: each op is applied exactly once, inside
 /// the PostgreSQL transaction that also records the consumer's progress.
+///
+/// Write your effects through `tx` only: what is written elsewhere (another connection, an HTTP
+/// call) is not rolled back with the transaction and may happen more than once.
 #[async_trait]
 pub trait IdempotentApplication: Send + Sync + 'static {
     /// Applies one op inside `tx`. Everything written through `tx` commits together with the
@@ -30,9 +66,351 @@ pub trait IdempotentApplication: Send + Sync + 'static {
     ) -> Result<(), ConsumerError>;
 }
 
-/// Consumes ReplicationOps from Kafka topics in a consumer group.
-#[derive(Debug)]
+/// A shared application: `Consumer::new(.., Arc::clone(&app))` keeps a handle to it.
+#[async_trait]
+impl<T: BasicApplication + ?Sized> BasicApplication for Arc<T> {
+    async fn handle_message(&self, op: &ReplicationOp) -> Result<(), ConsumerError> {
+        (**self).handle_message(op).await
+    }
+}
+
+/// A shared application: `Consumer::new(.., Arc::clone(&app))` keeps a handle to it.
+#[async_trait]
+impl<T: IdempotentApplication + ?Sized> IdempotentApplication for Arc<T> {
+    async fn handle_message(
+        &self,
+        tx: &mut Transaction<'_, Postgres>,
+        op: &ReplicationOp,
+    ) -> Result<(), ConsumerError> {
+        (**self).handle_message(tx, op).await
+    }
+}
+
+/// What the consumer does with a Kafka record that is not a valid [`ReplicationOp`] (not JSON,
+/// the wrong shape, or no value at all).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum InvalidMessagePolicy {
+    /// Stop with [`ConsumerError::InvalidMessage`] (naming topic, partition and offset) without
+    /// committing past the record. The default: nothing is lost silently.
+    #[default]
+    Stop,
+    /// Log the error, count it (`pgkafka_consumer_invalid_messages_total`) and go on.
+    Skip,
+    /// Copy the record (key, value, and headers `pgkafka.topic`, `pgkafka.partition`,
+    /// `pgkafka.offset`, `pgkafka.error`) to this topic, then go on. The offset moves past the
+    /// record only once the broker acknowledged the copy.
+    DeadLetter(String),
+}
+
+/// Stops a running [`Consumer`] gracefully, from anywhere.
+///
+/// Each partition finishes the op (or idempotent batch) in hand, the finished offsets are
+/// committed, and `start_basic` / `start_idempotent` return `Ok(())`.
+#[derive(Debug, Clone)]
+pub struct ShutdownHandle {
+    token: CancellationToken,
+}
+
+impl ShutdownHandle {
+    /// Asks the consumer to stop.
+    pub fn shutdown(&self) {
+        self.token.cancel();
+    }
+}
+
+/// Consumes [`ReplicationOp`]s from Kafka topics in a consumer group.
+///
+/// [`Consumer::new`] takes what the earlier library took; the chainable methods set everything
+/// else. Then [`start_basic`](Consumer::start_basic) or
+/// [`start_idempotent`](Consumer::start_idempotent) runs it until a fatal error or a shutdown.
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use pgkafka::{async_trait::async_trait, BasicApplication, Consumer, ConsumerError, ReplicationOp};
+/// use pgkafka::consumer::InvalidMessagePolicy;
+///
+/// struct Printer;
+///
+/// #[async_trait]
+/// impl BasicApplication for Printer {
+///     async fn handle_message(&self, op: &ReplicationOp) -> Result<(), ConsumerError> {
+///         println!("{} {:?}", op.table_name, op.op);
+///         Ok(())
+///     }
+/// }
+///
+/// # async fn run() -> Result<(), ConsumerError> {
+/// let consumer = Consumer::new("printer", vec!["inventory_topic"], "localhost:9092", Printer)
+///     .kafka_option("security.protocol", "sasl_ssl")
+///     .kafka_option("session.timeout.ms", "10000")
+///     .max_concurrent_partitions(8)
+///     .retry_backoff(Duration::from_millis(50), Duration::from_secs(10))
+///     .invalid_message_policy(InvalidMessagePolicy::DeadLetter("inventory_dlq".into()));
+/// let stop = consumer.shutdown_handle();
+/// tokio::spawn(async move {
+///     let _ = tokio::signal::ctrl_c().await;
+///     stop.shutdown();
+/// });
+/// consumer.start_basic().await
+/// # }
+/// ```
 pub struct Consumer<A> {
-    #[allow(dead_code)]
     app: A,
+    settings: Settings,
+}
+
+/// Everything about a consumer except its application.
+#[derive(Debug, Clone)]
+pub(crate) struct Settings {
+    pub(crate) group_id: String,
+    pub(crate) topics: Vec<String>,
+    pub(crate) brokers: String,
+    pub(crate) kafka_options: Vec<(String, String)>,
+    pub(crate) max_concurrent_partitions: usize,
+    pub(crate) retry_initial: Duration,
+    pub(crate) retry_max: Duration,
+    pub(crate) invalid_messages: InvalidMessagePolicy,
+    pub(crate) commit_interval: Duration,
+    pub(crate) state_schema: Option<String>,
+    pub(crate) state_table: String,
+    pub(crate) batch_size: usize,
+    pub(crate) batch_linger: Duration,
+    pub(crate) pool_size: Option<u32>,
+    pub(crate) shutdown: CancellationToken,
+}
+
+impl<A> fmt::Debug for Consumer<A> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Consumer").field("settings", &self.settings).finish_non_exhaustive()
+    }
+}
+
+/// The default name of the idempotent consumer's state table.
+pub const DEFAULT_STATE_TABLE: &str = "pgkafka_consumer_offsets";
+
+impl<A> Consumer<A> {
+    /// A consumer in group `group_id` of `topics` on `brokers` (a comma-separated bootstrap list),
+    /// running `app`, with default settings.
+    ///
+    /// ```no_run
+    /// # use pgkafka::{async_trait::async_trait, BasicApplication, Consumer, ConsumerError, ReplicationOp};
+    /// # struct BasicApp {}
+    /// # #[async_trait]
+    /// # impl BasicApplication for BasicApp {
+    /// #     async fn handle_message(&self, _: &ReplicationOp) -> Result<(), ConsumerError> { Ok(()) }
+    /// # }
+    /// # async fn run() {
+    /// let app = BasicApp {};
+    /// let consumer = Consumer::new("consumer_group_name", vec!["topic_name_1", "topic_name_2"], "localhost:9092", app);
+    /// consumer.start_basic().await.unwrap();
+    /// # }
+    /// ```
+    pub fn new<T: Into<String>>(
+        group_id: impl Into<String>,
+        topics: impl IntoIterator<Item = T>,
+        brokers: impl Into<String>,
+        app: A,
+    ) -> Self {
+        Consumer {
+            app,
+            settings: Settings {
+                group_id: group_id.into(),
+                topics: topics.into_iter().map(Into::into).collect(),
+                brokers: brokers.into(),
+                kafka_options: Vec::new(),
+                max_concurrent_partitions: 16,
+                retry_initial: Duration::from_millis(100),
+                retry_max: Duration::from_secs(30),
+                invalid_messages: InvalidMessagePolicy::Stop,
+                commit_interval: Duration::from_secs(1),
+                state_schema: None,
+                state_table: DEFAULT_STATE_TABLE.to_owned(),
+                batch_size: 100,
+                batch_linger: Duration::from_millis(5),
+                pool_size: None,
+                shutdown: CancellationToken::new(),
+            },
+        }
+    }
+
+    /// The same as [`Consumer::new`]; reads better before a chain of settings.
+    pub fn builder<T: Into<String>>(
+        group_id: impl Into<String>,
+        topics: impl IntoIterator<Item = T>,
+        brokers: impl Into<String>,
+        app: A,
+    ) -> Self {
+        Self::new(group_id, topics, brokers, app)
+    }
+
+    /// Sets a librdkafka consumer property, passed through as is: `session.timeout.ms`,
+    /// `heartbeat.interval.ms`, `security.protocol`, `sasl.mechanism`, `sasl.username`,
+    /// `sasl.password`, `ssl.ca.location`, `client.id`, `auto.offset.reset`, ...
+    ///
+    /// pgkafka sets `auto.offset.reset=earliest` (a new group starts at the beginning of the
+    /// topics, so no change is missed), which this overrides. `enable.auto.commit` and
+    /// `enable.auto.offset.store` are pgkafka's to manage: setting them is a
+    /// [`ConsumerError::Config`] at start.
+    #[must_use]
+    pub fn kafka_option(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.settings.kafka_options.push((key.into(), value.into()));
+        self
+    }
+
+    /// How many partitions are handled at the same time (default 16). The idempotent consumer's
+    /// connection pool has this many connections plus one, unless [`Consumer::pool_size`] says
+    /// otherwise.
+    #[must_use]
+    pub fn max_concurrent_partitions(mut self, n: usize) -> Self {
+        self.settings.max_concurrent_partitions = n.max(1);
+        self
+    }
+
+    /// The backoff before retrying an op after a transient error: `initial`, doubling up to `max`
+    /// (defaults 100 ms and 30 s).
+    #[must_use]
+    pub fn retry_backoff(mut self, initial: Duration, max: Duration) -> Self {
+        self.settings.retry_initial = initial;
+        self.settings.retry_max = max.max(initial);
+        self
+    }
+
+    /// What to do with records that are not valid [`ReplicationOp`]s (default
+    /// [`InvalidMessagePolicy::Stop`]).
+    #[must_use]
+    pub fn invalid_message_policy(mut self, policy: InvalidMessagePolicy) -> Self {
+        self.settings.invalid_messages = policy;
+        self
+    }
+
+    /// How often finished offsets are committed to Kafka while running (default 1 s). They are
+    /// also committed on rebalance and at the end.
+    #[must_use]
+    pub fn commit_interval(mut self, interval: Duration) -> Self {
+        self.settings.commit_interval = interval;
+        self
+    }
+
+    /// The idempotent consumer's state table (default [`DEFAULT_STATE_TABLE`], in the first schema
+    /// of the connection's `search_path`). The name is used as is, quoted.
+    #[must_use]
+    pub fn state_table(mut self, table: impl Into<String>) -> Self {
+        self.settings.state_table = table.into();
+        self
+    }
+
+    /// The schema of the idempotent consumer's state table (default: the connection's
+    /// `search_path`). It must exist.
+    #[must_use]
+    pub fn state_schema(mut self, schema: impl Into<String>) -> Self {
+        self.settings.state_schema = Some(schema.into());
+        self
+    }
+
+    /// The idempotent consumer applies up to `n` consecutive ops of one partition in one
+    /// database transaction (default 100; 1 turns batching off). See
+    /// [`Consumer::start_idempotent`] for the trade-off.
+    #[must_use]
+    pub fn batch_size(mut self, n: usize) -> Self {
+        self.settings.batch_size = n.max(1);
+        self
+    }
+
+    /// How long the idempotent consumer waits for more ops of a partition to fill a batch once it
+    /// has one (default 5 ms). Ops already received are batched without waiting.
+    #[must_use]
+    pub fn batch_linger(mut self, linger: Duration) -> Self {
+        self.settings.batch_linger = linger;
+        self
+    }
+
+    /// The size of the idempotent consumer's PostgreSQL connection pool (default
+    /// [`max_concurrent_partitions`](Consumer::max_concurrent_partitions) + 1).
+    #[must_use]
+    pub fn pool_size(mut self, n: u32) -> Self {
+        self.settings.pool_size = Some(n.max(1));
+        self
+    }
+
+    /// Stops the consumer when `token` is cancelled (see [`ShutdownHandle`] for what a stop does).
+    /// Replaces the consumer's own token, so handles taken before this call no longer apply.
+    #[must_use]
+    pub fn with_shutdown_token(mut self, token: CancellationToken) -> Self {
+        self.settings.shutdown = token;
+        self
+    }
+
+    /// A handle that stops the consumer gracefully.
+    #[must_use]
+    pub fn shutdown_handle(&self) -> ShutdownHandle {
+        ShutdownHandle { token: self.settings.shutdown.clone() }
+    }
+}
+
+impl<A: BasicApplication> Consumer<A> {
+    /// Runs the basic consumer until a fatal error or a shutdown.
+    ///
+    /// Ops of a partition are handed to the application one at a time, in offset order, at least
+    /// once: after a crash, ops handled since the last commit are handled again.
+    ///
+    /// # Errors
+    /// The fatal [`ConsumerError`] that stopped it (the application's, an invalid record under
+    /// [`InvalidMessagePolicy::Stop`], a fatal Kafka error, a bad configuration). Offsets of the
+    /// ops whose handling finished are committed before it returns.
+    pub async fn start_basic(self) -> Result<(), ConsumerError> {
+        let processor = run::BasicProcessor { app: Arc::new(self.app) };
+        run::run(self.settings, Arc::new(processor)).await
+    }
+}
+
+impl<A: IdempotentApplication> Consumer<A> {
+    /// Runs the idempotent consumer until a fatal error or a shutdown, keeping its progress in
+    /// the database at `connection_string` (the application's own).
+    ///
+    /// # Exactly once
+    ///
+    /// The state table (default `pgkafka_consumer_offsets`, see [`Consumer::state_table`] and
+    /// [`Consumer::state_schema`]) holds one row per (group, topic, partition):
+    ///
+    /// | column | type | meaning |
+    /// |---|---|---|
+    /// | `group_id` | `text` | the consumer group |
+    /// | `topic` | `text` | the topic |
+    /// | `partition` | `integer` | the partition |
+    /// | `lsn` | `pg_lsn` | `lsn` of the last op applied (`NULL`: none yet) |
+    /// | `seq_id` | `numeric(20,0)` | `seq_id` of that op (`numeric`: a `u64` does not fit a `bigint`) |
+    /// | `updated_at` | `timestamptz` | when it last moved |
+    ///
+    /// with primary key `(group_id, topic, partition)`. It is created at start if missing.
+    ///
+    /// For each op (or batch of ops) of a partition the consumer begins a transaction, locks the
+    /// partition's row (`SELECT ... FOR UPDATE`, inserting it first if missing), skips every op
+    /// whose `(lsn, seq_id)` is not greater than the stored one — a re-send by a restarted
+    /// producer, or a redelivery after a crash or rebalance — hands the others to the application
+    /// with the same transaction, stores the new position and commits. The database, not Kafka,
+    /// is the truth: Kafka offsets are committed only as a starting point. Because the row is
+    /// locked, two instances that both believe they own a partition (during a rebalance, or a
+    /// zombie) take turns, and the second sees what the first applied.
+    ///
+    /// An application error rolls the transaction back, its writes with it; the op is retried
+    /// (transient) or the consumer stops (fatal).
+    ///
+    /// # Batching
+    ///
+    /// By default up to 100 consecutive ops of a partition ([`Consumer::batch_size`]), gathered
+    /// for at most 5 ms ([`Consumer::batch_linger`]), share one transaction: one lock, one state
+    /// update and one commit (one WAL flush) per batch instead of per op, which is several times
+    /// faster. The cost: an error in any op rolls the whole batch back, and the whole batch is
+    /// retried; the row lock is held for the batch's duration; and a fatal error leaves the
+    /// batch's earlier ops unapplied too (they are applied when the consumer restarts). Set
+    /// `batch_size(1)` for one transaction per op.
+    ///
+    /// # Errors
+    /// As [`Consumer::start_basic`], plus a database that cannot be reached at start or a state
+    /// table that cannot be created.
+    pub async fn start_idempotent(self, connection_string: &str) -> Result<(), ConsumerError> {
+        let processor = idempotent::IdempotentProcessor::connect(Arc::new(self.app), &self.settings, connection_string).await?;
+        run::run(self.settings, Arc::new(processor)).await
+    }
 }
