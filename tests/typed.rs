@@ -433,8 +433,8 @@ mod routing {
 
     use pgkafka::typed::{handler_fn, IdempotentRouter, IdempotentTableHandler, Router, TableHandler};
     use pgkafka::{
-        async_trait::async_trait, BasicApplication, Change, ConsumerError, DecodeError, IdempotentApplication, Lsn,
-        ReplicatedTable, ReplicationOp, TypedOp,
+        async_trait::async_trait, BasicApplication, Change, Consumer, ConsumerError, DecodeError, IdempotentApplication,
+        Lsn, ReplicatedTable, ReplicationOp, TypedOp,
     };
     use pgkafka_tests::{create_topic, env, kafka_config, read_topic, unique_name};
     use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -679,6 +679,110 @@ mod routing {
         tx.rollback().await.unwrap();
         sqlx::query(&format!("DROP TABLE {table}")).execute(&pool).await.unwrap();
     }
+
+    fn consumer<A>(group: &str, topic: &str, app: A) -> Consumer<A> {
+        Consumer::new(group, [topic], env().brokers.as_str(), app)
+            .kafka_option("session.timeout.ms", "6000")
+            .kafka_option("heartbeat.interval.ms", "500")
+            .commit_interval(Duration::from_millis(200))
+    }
+
+    #[tokio::test]
+    async fn a_typed_router_runs_under_the_basic_consumer() {
+        let topic = unique_name("typed_basic");
+        let cols = ["org_id", "sku", "quantity"];
+        let mut ops = Vec::new();
+        for i in 0..20u64 {
+            let sku = format!("S{i}");
+            ops.push(op("inventory", &cols, 100 + i, 0, pgkafka::Op::Insert(row(&[Some("1"), Some(&sku), Some("1")]))));
+        }
+        through_kafka(&topic, &ops).await;
+
+        let inventory = Recorder::default();
+        let router = Router::new().route::<Inventory>(inventory.clone());
+        let consumer = consumer(&unique_name("typed_basic_group"), &topic, router);
+        let stop = consumer.shutdown_handle();
+        let running = tokio::spawn(consumer.start_basic());
+        let seen = inventory.0.clone();
+        pgkafka_tests::wait_for("20 typed inserts", Duration::from_secs(60), || {
+            let n = seen.lock().unwrap().len();
+            async move { (n >= 20).then_some(()) }
+        })
+        .await;
+        stop.shutdown();
+        running.await.unwrap().unwrap();
+        let expected: Vec<String> = (0..20).map(|i| format!("insert 1 S{i} Some(1)")).collect();
+        assert_eq!(*inventory.0.lock().unwrap(), expected, "one partition: in offset order, each once");
+    }
+
+    #[tokio::test]
+    async fn a_row_that_does_not_decode_stops_the_basic_consumer_with_its_context() {
+        let topic = unique_name("typed_poison");
+        through_kafka(
+            &topic,
+            &[
+                op("inventory", &["org_id", "sku"], 1, 0, pgkafka::Op::Insert(row(&[Some("1"), Some("fine")]))),
+                op("inventory", &["org_id", "sku"], 2, 0, pgkafka::Op::Insert(row(&[Some("1.5"), Some("bad")]))),
+                op("inventory", &["org_id", "sku"], 3, 0, pgkafka::Op::Insert(row(&[Some("1"), Some("never")]))),
+            ],
+        )
+        .await;
+        let inventory = Recorder::default();
+        let router = Router::new().route::<Inventory>(inventory.clone());
+        let result = tokio::time::timeout(
+            Duration::from_secs(60),
+            consumer(&unique_name("typed_poison_group"), &topic, router).start_basic(),
+        )
+        .await
+        .expect("the consumer should stop on its own");
+        let err = result.unwrap_err();
+        assert!(
+            matches!(&err, ConsumerError::Decode(DecodeError::InvalidValue { column, value, .. }) if column == "org_id" && value == "1.5"),
+            "{err:?}"
+        );
+        assert_eq!(*inventory.0.lock().unwrap(), ["insert 1 fine None"]);
+    }
+
+    #[tokio::test]
+    async fn an_idempotent_router_runs_under_the_idempotent_consumer_exactly_once() {
+        let pool = sqlx::PgPool::connect(&env().database_url).await.unwrap();
+        let table = unique_name("typed_exactly_once");
+        sqlx::query(&format!("CREATE TABLE {table} (org_id bigint, sku text PRIMARY KEY, quantity int)"))
+            .execute(&pool)
+            .await
+            .unwrap();
+        let topic = unique_name("typed_idem_topic");
+        let cols = ["org_id", "sku", "quantity"];
+        let insert = |lsn: u64, sku: &str| op("inventory", &cols, lsn, 0, pgkafka::Op::Insert(row(&[Some("1"), Some(sku), Some("2")])));
+        // The producer may re-send after a restart: lsn 2 arrives twice.
+        through_kafka(&topic, &[insert(1, "A"), insert(2, "B"), insert(2, "B"), insert(3, "C")]).await;
+
+        let state_table = unique_name("typed_state");
+        let router = IdempotentRouter::new().route::<Inventory>(Mirror { table: table.clone() });
+        let consumer = consumer(&unique_name("typed_idem_group"), &topic, router).state_table(state_table.clone());
+        let stop = consumer.shutdown_handle();
+        let url = env().database_url.clone();
+        let running = tokio::spawn(async move { consumer.start_idempotent(&url).await });
+        let rows = pgkafka_tests::wait_for("3 mirrored rows", Duration::from_secs(60), || {
+            let pool = pool.clone();
+            let table = table.clone();
+            async move {
+                let rows: Vec<(String,)> =
+                    sqlx::query_as(&format!("SELECT sku FROM {table} ORDER BY sku")).fetch_all(&pool).await.ok()?;
+                (rows.len() >= 3).then_some(rows)
+            }
+        })
+        .await;
+        stop.shutdown();
+        running.await.unwrap().unwrap();
+        let skus: Vec<&str> = rows.iter().map(|(s,)| s.as_str()).collect();
+        // A second insert of B would have violated the primary key and stopped the consumer.
+        assert_eq!(skus, ["A", "B", "C"]);
+        sqlx::query(&format!("DROP TABLE {table}; DROP TABLE IF EXISTS \"{state_table}\""))
+            .execute(&pool)
+            .await
+            .ok();
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -690,7 +794,7 @@ mod end_to_end {
     use std::time::Duration;
 
     use pgkafka::typed::{Router, TableHandler};
-    use pgkafka::{async_trait::async_trait, BasicApplication, ConsumerError, Producer, ReplicatedTable};
+    use pgkafka::{async_trait::async_trait, Consumer, ConsumerError, Producer, ReplicatedTable};
     use std::time::Instant;
 
     use pgkafka_tests::{create_topic, env, kafka_config, pg_client, unique_name, wait_for, Record};
@@ -804,7 +908,7 @@ mod end_to_end {
     }
 
     #[tokio::test]
-    async fn the_real_producer_feeds_typed_handlers() {
+    async fn the_real_producer_feeds_a_typed_consumer() {
         pgkafka_tests::init_tracing();
         let pg = pg_client().await;
         create_shared_table(&pg).await;
@@ -858,9 +962,6 @@ mod end_to_end {
         .unwrap();
 
         let records = records_of_run(&topic, &run, 4, Duration::from_secs(60)).await;
-        shutdown.shutdown();
-        running.await.unwrap().unwrap();
-
         // Keys are the partition-key values of the derived type.
         for record in &records {
             let op = record.op();
@@ -868,23 +969,37 @@ mod end_to_end {
             assert_eq!(record.key_text().unwrap(), format!("[\"{org}\"]"));
         }
 
+        // The typed router under the real basic consumer.
         let seen = Seen { run: run.clone(), ..Seen::default() };
         let router = Router::new().route::<Inventory>(seen.clone());
-        let mut ops: Vec<_> = records.iter().map(|r| r.op()).collect();
-        // Across partitions, commit order is (lsn, seq_id).
-        ops.sort_by_key(|op| (op.lsn, op.seq_id));
-        for op in &ops {
-            router.handle_message(op).await.unwrap();
-        }
+        let consumer = Consumer::new(unique_name("typed_e2e_group"), [topic.as_str()], env().brokers.as_str(), router)
+            .kafka_option("session.timeout.ms", "6000")
+            .kafka_option("heartbeat.interval.ms", "500");
+        let stop_consumer = consumer.shutdown_handle();
+        let consuming = tokio::spawn(consumer.start_basic());
+        let events = seen.events.clone();
+        wait_for("the typed handler to see the run's 4 changes", Duration::from_secs(60), || {
+            let n = events.lock().unwrap().len();
+            async move { (n >= 4).then_some(()) }
+        })
+        .await;
+        stop_consumer.shutdown();
+        consuming.await.unwrap().unwrap();
+        shutdown.shutdown();
+        running.await.unwrap().unwrap();
+
+        // Each organization's changes are in one partition, so in commit order; the two
+        // organizations' partitions are consumed concurrently.
+        let events = seen.events.lock().unwrap().clone();
+        let of = |sku: &str| -> Vec<&str> {
+            events.iter().map(String::as_str).filter(|e| e.split(' ').any(|w| w == sku)).collect()
+        };
         assert_eq!(
-            *seen.events.lock().unwrap(),
-            [
-                "insert 1 A Some(5) Some(\"9.99\") [\"red\", \"big one\"]",
-                "insert 2 B None None []",
-                "update A Some(5) -> Some(4)",
-                "delete B",
-            ]
+            of("A"),
+            ["insert 1 A Some(5) Some(\"9.99\") [\"red\", \"big one\"]", "update A Some(5) -> Some(4)"]
         );
+        assert_eq!(of("B"), ["insert 2 B None None []", "delete B"]);
+        assert_eq!(events.len(), 4, "{events:?}");
 
         wait_for("the slot to be released", Duration::from_secs(30), || {
             let pg = &pg;
