@@ -12,11 +12,8 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use pgkafka::rdkafka::consumer::{Consumer as _, StreamConsumer};
-use pgkafka::rdkafka::message::Message as _;
-use pgkafka::rdkafka::ClientConfig;
 use pgkafka::typed::{Router, TableHandler};
-use pgkafka::{async_trait::async_trait, BasicApplication, ConsumerError, Producer, ReplicatedTable, ReplicationOp};
+use pgkafka::{async_trait::async_trait, Consumer, ConsumerError, Producer, ReplicatedTable};
 use tokio::sync::Notify;
 
 /// One row of `typed_example_inventory`. Changes go to the topic `typed_example_inventory`,
@@ -127,35 +124,20 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     pgkafka::sqlx::query("UPDATE typed_example_inventory SET quantity = 7 WHERE sku = $1").bind(&bolts).execute(&db).await?;
     pgkafka::sqlx::query("DELETE FROM typed_example_inventory WHERE sku = $1").bind(&nuts).execute(&db).await?;
 
-    // The consumer side: a router of typed handlers is a BasicApplication. An application runs
-    // it with `Consumer::new(group, router.topics(), brokers, router).start_basic()`; this
-    // example reads the topic itself so that it can stop after this run's changes.
+    // The consumer: a router of typed handlers is a BasicApplication. A new consumer group
+    // starts at the beginning of the topic, so earlier runs' changes are shown too.
     let done = Arc::new(Notify::new());
     let router = Router::new().route::<Inventory>(Stock { last_sku: nuts.clone(), done: done.clone() });
-    let kafka: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &brokers)
-        .set("group.id", format!("typed_example_{run}"))
-        .set("auto.offset.reset", "earliest")
-        .set("enable.auto.commit", "false")
-        .create()?;
-    let topics = router.topics();
-    kafka.subscribe(&topics.iter().map(String::as_str).collect::<Vec<_>>())?;
-    println!("reading {topics:?}; earlier runs' changes are shown too");
-    let consume = async {
-        loop {
-            let message = kafka.recv().await?;
-            let Some(payload) = message.payload() else { continue };
-            let op: ReplicationOp = serde_json::from_slice(payload)?;
-            router.handle_message(&op).await?;
-        }
-        #[allow(unreachable_code)]
-        Ok::<(), Box<dyn std::error::Error>>(())
-    };
+    println!("consuming {:?}", router.topics());
+    let consumer = Consumer::new(format!("typed_example_{run}"), router.topics(), brokers, router);
+    let stop_consumer = consumer.shutdown_handle();
+    let consuming = tokio::spawn(consumer.start_basic());
     tokio::select! {
-        result = consume => result?,
         () = done.notified() => println!("saw this run's changes"),
         () = tokio::time::sleep(Duration::from_secs(60)) => return Err("no changes arrived within 60 s".into()),
     }
+    stop_consumer.shutdown();
+    consuming.await??;
 
     stop_producer.shutdown();
     producing.await??;

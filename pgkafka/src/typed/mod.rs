@@ -9,7 +9,7 @@
 //!
 //! ```no_run
 //! use pgkafka::typed::{Router, TableHandler};
-//! use pgkafka::{async_trait::async_trait, ConsumerError, Producer, ReplicatedTable};
+//! use pgkafka::{async_trait::async_trait, Consumer, ConsumerError, Producer, ReplicatedTable};
 //!
 //! #[derive(ReplicatedTable, Debug)]
 //! #[replicated(table = "inventory", topic = "inventory_topic", partition_key = [organization_id])]
@@ -46,9 +46,8 @@
 //! # async fn consume() -> Result<(), Box<dyn std::error::Error>> {
 //! // The consumer: ops of `inventory` arrive at `Restock` as `Inventory` values.
 //! let router = Router::new().route::<Inventory>(Restock);
-//! let topics = router.topics();
-//! // Run it like any BasicApplication: Consumer::new("restock", topics, "localhost:9092", router)
-//! # let _ = (topics, router);
+//! let consumer = Consumer::new("restock", router.topics(), "localhost:9092", router);
+//! consumer.start_basic().await?;
 //! # Ok(()) }
 //! ```
 
