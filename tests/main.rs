@@ -3,4 +3,5 @@
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic, clippy::indexing_slicing)]
 
 mod foundation;
+mod producer;
 mod typed;

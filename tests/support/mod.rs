@@ -16,6 +16,10 @@ use rdkafka::consumer::{BaseConsumer, Consumer as _};
 use rdkafka::message::Message as _;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
+pub mod disrupt;
+pub mod producing;
+pub mod reference;
+
 /// Where the test servers are.
 #[derive(Debug, Clone)]
 pub struct TestEnv {

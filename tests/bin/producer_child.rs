@@ -1,0 +1,56 @@
+//! A pgkafka producer in its own process, for tests that SIGKILL it at random points.
+//!
+//! Configured by the JSON in `PGKAFKA_CHILD_CONFIG` (`pgkafka_tests::producing::ChildConfig`). SIGTERM or
+//! SIGINT stops it gracefully. Exit status: 0 after a graceful stop, 1 when `start()` failed.
+#![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
+
+use std::time::Duration;
+
+use pgkafka::Producer;
+use pgkafka_tests::producing::ChildConfig;
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let config: ChildConfig = serde_json::from_str(
+        &std::env::var("PGKAFKA_CHILD_CONFIG").expect("PGKAFKA_CHILD_CONFIG is not set"),
+    )
+    .expect("PGKAFKA_CHILD_CONFIG is not a ChildConfig");
+    let producer = Producer::builder(
+        config.database_url,
+        config.brokers,
+        config.slot,
+        config.publication,
+        config.topic_map,
+    )
+    .status_interval(Duration::from_millis(config.status_interval_ms))
+    .reconnect_backoff_max(Duration::from_millis(config.reconnect_backoff_max_ms))
+    .build();
+    let shutdown = producer.shutdown_handle();
+    tokio::spawn(async move {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+        eprintln!("producer_child: stopping gracefully");
+        shutdown.shutdown();
+    });
+    eprintln!("producer_child: pid {} starting", std::process::id());
+    match producer.start().await {
+        Ok(()) => {
+            eprintln!("producer_child: stopped");
+            std::process::exit(0);
+        }
+        Err(error) => {
+            eprintln!("producer_child: failed: {error}");
+            std::process::exit(1);
+        }
+    }
+}

@@ -1,0 +1,99 @@
+//! The broker paused past the client timeouts, and PostgreSQL restarted, both mid-stream: the
+//! producer resumes by itself, and nothing is lost or reordered.
+//!
+//! This disturbs every test using the servers at the time. It holds the services exclusively
+//! against the other producer tests of this binary; run it on its own (`producer::disruption`) or
+//! skip it (`--skip producer::disruption`) when other suites share the servers.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use pgkafka_tests::disrupt::{exclusive_services, restart_postgres, BrokerPause};
+use pgkafka_tests::producing::{verify_delivery, wait_delivered, Rng, RunningProducer};
+use pgkafka_tests::reference::all_ops;
+use pgkafka_tests::{env, pg_client, unique_name};
+
+use super::crash::workload;
+use super::{Scenario, Table};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_producer_rides_out_a_broker_pause_and_a_postgres_restart() {
+    pgkafka_tests::init_tracing();
+    // Fail clearly up front when the servers are not the scripts' own.
+    assert!(
+        env().broker_pid.is_some() && env().pg_data.is_some(),
+        "this test pauses the broker and restarts PostgreSQL, so it needs the services scripts/services.sh \
+         started (PGKAFKA_TEST_BROKER_PID and PGKAFKA_TEST_PG_DATA are not set)"
+    );
+    let _exclusive = exclusive_services().await;
+    let started = Instant::now();
+    let mut rng = Rng::from_env("disruption test");
+    let names: Vec<String> = (0..2).map(|i| unique_name(&format!("p_dis{i}"))).collect();
+    let tables = names
+        .iter()
+        .map(|t| {
+            let mut table =
+                Table::new(t, format!("CREATE TABLE {t} (id bigint PRIMARY KEY, grp int NOT NULL, v text, n int)"), &[], 3);
+            table.key_columns = vec!["id".into()];
+            table
+        })
+        .collect();
+    // Scenario::new takes the shared lock, which this test holds exclusively.
+    let mut sc = Scenario::unlocked("p_dis", tables).await;
+    let producer = sc
+        .builder()
+        .status_interval(Duration::from_millis(300))
+        .reconnect_backoff_max(Duration::from_secs(2))
+        .build();
+    let producer = RunningProducer::start(producer, &sc.slot).await;
+    sc.ensure_reference().await;
+
+    // 1. The broker stops answering for longer than librdkafka's request and session timeouts.
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = tokio::spawn(workload(names.clone(), rng.next_u64(), Arc::clone(&stop), 200, 100_000, true));
+    tokio::time::sleep(Duration::from_millis(rng.range(500, 2000))).await;
+    {
+        let pause = BrokerPause::start();
+        tokio::time::sleep(Duration::from_secs(20)).await;
+        pause.resume();
+    }
+    tokio::time::sleep(Duration::from_millis(rng.range(500, 2000))).await;
+    stop.store(true, Ordering::Relaxed);
+    let written = writer.await.unwrap();
+    let txs = sc.expected().await;
+    let ops = all_ops(&txs);
+    let records = wait_delivered(&sc.topics, &ops, Duration::from_secs(180)).await;
+    let delivery = verify_delivery(&records, &ops, &sc.routes);
+    assert!(!producer.is_finished(), "the producer stopped during the broker pause");
+    println!(
+        "broker pause: {written} transactions, {} changes, {} re-sent, {:?}",
+        ops.len(),
+        delivery.duplicates,
+        started.elapsed()
+    );
+
+    // 2. PostgreSQL restarts (fast shutdown) while changes stream.
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = tokio::spawn(workload(names.clone(), rng.next_u64(), Arc::clone(&stop), 200, 100_000, true));
+    tokio::time::sleep(Duration::from_millis(rng.range(500, 2000))).await;
+    tokio::task::spawn_blocking(restart_postgres).await.unwrap();
+    sc.pg = pg_client().await;
+    tokio::time::sleep(Duration::from_millis(rng.range(1000, 3000))).await;
+    stop.store(true, Ordering::Relaxed);
+    let written = writer.await.unwrap();
+    let txs = sc.expected().await;
+    let ops = all_ops(&txs);
+    let records = wait_delivered(&sc.topics, &ops, Duration::from_secs(180)).await;
+    let delivery = verify_delivery(&records, &ops, &sc.routes);
+    assert!(!producer.is_finished(), "the producer stopped after the PostgreSQL restart");
+    println!(
+        "postgres restart: {written} more transactions, {} changes in all, {} re-sent, {:?}",
+        ops.len(),
+        delivery.duplicates,
+        started.elapsed()
+    );
+
+    producer.stop().await.expect("graceful stop after the disruptions");
+    sc.cleanup().await;
+}
