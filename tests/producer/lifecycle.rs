@@ -120,9 +120,22 @@ async fn truncate_stops_the_producer_by_default_and_skip_goes_on() {
     let skipping = RunningProducer::start(sc.builder().truncate_policy(TruncatePolicy::Skip).build(), &sc.slot).await;
     let (_, records, _) = sc.delivered(DELIVERY).await;
     assert!(records.iter().all(|(_, r)| r.op().lsn != txs[1].commit_lsn));
-    sc.pg.batch_execute(&format!("INSERT INTO {t} VALUES (3, 'later')")).await.unwrap();
-    let (txs, _, _) = sc.delivered(DELIVERY).await;
+    // A skipped TRUNCATE inside a transaction takes no seq_id: the published changes stay contiguous.
+    sc.pg
+        .batch_execute(&format!(
+            "BEGIN; INSERT INTO {t} VALUES (3, 'later'); TRUNCATE {t}; INSERT INTO {t} VALUES (4, 'last'); COMMIT"
+        ))
+        .await
+        .unwrap();
+    let (txs, records, _) = sc.delivered(DELIVERY).await;
     assert_eq!(txs.len(), 4);
+    let last: Vec<(u64, Option<String>)> = records
+        .iter()
+        .map(|(_, r)| r.op())
+        .filter(|op| op.lsn == txs[3].commit_lsn)
+        .map(|op| (op.seq_id, op.op.key_row()[0].clone()))
+        .collect();
+    assert_eq!(last, [(0, Some("3".to_owned())), (1, Some("4".to_owned()))]);
     assert!(!skipping.is_finished());
     skipping.stop().await.unwrap();
     sc.cleanup().await;

@@ -432,3 +432,32 @@ async fn schema_qualified_tables_and_primary_key_partitioning() {
     producer.stop().await.unwrap();
     sc.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tiny_in_flight_window_still_delivers_everything_once_in_order() {
+    pgkafka_tests::init_tracing();
+    let a = unique_name("p_win_a");
+    let b = unique_name("p_win_b");
+    let mut ta = Table::new(&a, format!("CREATE TABLE {a} (id int PRIMARY KEY, v int)"), &[], 3);
+    ta.key_columns = vec!["id".into()];
+    let mut tb = Table::new(&b, format!("CREATE TABLE {b} (id int PRIMARY KEY, v int)"), &[], 2);
+    tb.key_columns = vec!["id".into()];
+    let mut sc = Scenario::new("p_win", vec![ta, tb]).await;
+    // At most 3 unacknowledged messages: reading pauses mid-transaction again and again.
+    let producer = pgkafka_tests::producing::RunningProducer::start(sc.builder().max_in_flight(3).build(), &sc.slot).await;
+    sc.ensure_reference().await;
+    sc.pg
+        .batch_execute(&format!(
+            "BEGIN; INSERT INTO {a} SELECT g, g FROM generate_series(1, 300) g;
+                    INSERT INTO {b} SELECT g, g FROM generate_series(1, 200) g;
+                    UPDATE {a} SET v = v + 1 WHERE id % 3 = 0; COMMIT"
+        ))
+        .await
+        .unwrap();
+    run_each(&sc.pg, &[format!("DELETE FROM {b} WHERE id <= 50"), format!("UPDATE {a} SET v = 0 WHERE id = 7")]).await;
+    let (txs, ops) = sc.delivered_once(DELIVERY).await;
+    assert_eq!(txs.len(), 3);
+    assert_eq!(ops.len(), 300 + 200 + 100 + 50 + 1);
+    producer.stop().await.unwrap();
+    sc.cleanup().await;
+}

@@ -464,3 +464,71 @@ impl Drop for ChildProducer {
 pub fn test_database_url() -> String {
     env().database_url.clone()
 }
+
+#[cfg(test)]
+mod tests {
+    //! The delivery checker must catch what a broken producer would do.
+    use super::*;
+    use pgkafka::Op;
+
+    fn op(lsn: u64, seq_id: u64, id: &str) -> ReplicationOp {
+        ReplicationOp {
+            table_name: "t".into(),
+            col_names: vec!["id".into(), "v".into()],
+            lsn,
+            seq_id,
+            op: Op::Insert(vec![Some(id.into()), Some("x".into())]),
+        }
+    }
+
+    fn rec(partition: i32, offset: i64, op: &ReplicationOp) -> (String, Record) {
+        let key = pgkafka::key::encode_key([op.value(op.op.key_row(), "id").unwrap()]);
+        ("topic".into(), Record { partition, offset, key: Some(key), value: Some(serde_json::to_vec(op).unwrap()) })
+    }
+
+    fn routes() -> HashMap<String, Route> {
+        [("t".to_owned(), Route { topic: "topic".into(), key_columns: vec!["id".into()] })].into_iter().collect()
+    }
+
+    fn fails(records: &[(String, Record)], expected: &[ReplicationOp]) -> bool {
+        let records = records.to_vec();
+        let expected = expected.to_vec();
+        std::panic::catch_unwind(move || {
+            verify_delivery(&records, &expected, &routes());
+        })
+        .is_err()
+    }
+
+    #[test]
+    fn accepts_exact_and_re_sent_deliveries_and_rejects_broken_ones() {
+        let a = op(10, 0, "1");
+        let b = op(10, 1, "1");
+        let c = op(20, 0, "1");
+        let d = op(20, 1, "2");
+        let expected = vec![a.clone(), b.clone(), c.clone(), d.clone()];
+        let exact = vec![rec(0, 0, &a), rec(0, 1, &b), rec(0, 2, &c), rec(1, 0, &d)];
+        assert_eq!(verify_delivery(&exact, &expected, &routes()).duplicates, 0);
+        // A crash after c: a and b re-sent, then c again.
+        let resent = vec![rec(0, 0, &a), rec(0, 1, &b), rec(0, 2, &c), rec(0, 3, &a), rec(0, 4, &b), rec(0, 5, &c), rec(1, 0, &d)];
+        assert_eq!(verify_delivery(&resent, &expected, &routes()).duplicates, 3);
+
+        assert!(fails(&[rec(0, 0, &a), rec(0, 1, &c), rec(1, 0, &d)], &expected), "missing b");
+        assert!(fails(&[rec(0, 0, &b), rec(0, 1, &a), rec(0, 2, &c), rec(1, 0, &d)], &expected), "b before a");
+        assert!(fails(&[rec(0, 0, &a), rec(0, 1, &c), rec(0, 2, &b), rec(1, 0, &d)], &expected), "gap filled late");
+        let mut changed = rec(0, 3, &a);
+        changed.1.value = Some(serde_json::to_vec(&op(10, 0, "9")).unwrap());
+        let mut with_changed = exact.clone();
+        with_changed.push(changed);
+        assert!(fails(&with_changed, &expected), "a duplicate with other content");
+        let mut wrong_key = exact.clone();
+        wrong_key[3].1.key = Some(br#"["1"]"#.to_vec());
+        assert!(fails(&wrong_key, &expected), "wrong key");
+        assert!(fails(&[rec(0, 0, &a), rec(0, 1, &b), rec(1, 1, &c), rec(1, 0, &d)], &expected), "one key in two partitions");
+        let mut extra = exact.clone();
+        extra.push(rec(1, 1, &op(30, 0, "2")));
+        assert!(fails(&extra, &expected), "a record the slot does not hold");
+        let mut wrong_lsn = exact;
+        wrong_lsn[3].1.value = Some(serde_json::to_vec(&ReplicationOp { lsn: 21, ..d.clone() }).unwrap());
+        assert!(fails(&wrong_lsn, &expected), "wrong lsn");
+    }
+}
