@@ -15,6 +15,9 @@
 //! publication = "pgkafka_app"
 //! truncate = "fail"          # or "skip"
 //! slot_in_use = "wait"       # or "fail"
+//! # max_in_flight = 10000     # unacknowledged messages at most (bounds memory)
+//! # status_interval_ms = 1000 # how often the confirmed position is reported
+//! # shutdown_timeout_secs = 30
 //!
 //! [topics.inventory]
 //! name = "inventory"
@@ -70,6 +73,7 @@ struct FileConfig {
     slot_in_use: SlotInUse,
     max_in_flight: Option<usize>,
     shutdown_timeout_secs: Option<u64>,
+    status_interval_ms: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -234,6 +238,9 @@ fn build(file: FileConfig, path: &Path) -> Result<Producer, Failure> {
         });
     if let Some(max) = file.max_in_flight {
         builder = builder.max_in_flight(max);
+    }
+    if let Some(ms) = file.status_interval_ms {
+        builder = builder.status_interval(Duration::from_millis(ms.max(10)));
     }
     if let Some(secs) = file.shutdown_timeout_secs {
         builder = builder.shutdown_timeout(Duration::from_secs(secs));
