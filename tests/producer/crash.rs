@@ -27,21 +27,29 @@ fn sql_literal(s: &str) -> String {
     format!("'{}'", s.replace('\'', "''"))
 }
 
+/// What [`workload`] writes.
+#[derive(Debug, Clone)]
+pub(super) struct Workload {
+    pub tables: Vec<String>,
+    pub seed: u64,
+    pub min_txs: usize,
+    pub max_txs: usize,
+    pub reconnect: bool,
+    pub pause_ms: (u64, u64),
+    /// Ids of inserted rows count up from here (distinct per workload on the same tables).
+    pub first_id: i64,
+}
+
 /// Writes random multi-table transactions until `stop`, and at least `min_txs`. Returns how many
 /// committed. With `reconnect`, a failed transaction (server restart) is dropped and the
-/// connection made again; otherwise it panics.
-pub(super) async fn workload(
-    tables: Vec<String>,
-    seed: u64,
-    stop: Arc<AtomicBool>,
-    min_txs: usize,
-    max_txs: usize,
-    reconnect: bool,
-) -> usize {
+/// connection made again; otherwise it panics. Sleeps `pause_ms` (random in the range) between
+/// transactions.
+pub(super) async fn workload(w: Workload, stop: Arc<AtomicBool>) -> usize {
+    let Workload { tables, seed, min_txs, max_txs, reconnect, pause_ms, first_id } = w;
     let mut pg = pg_client().await;
     let mut rng = Rng::new(seed);
     let mut ids: Vec<Vec<i64>> = vec![Vec::new(); tables.len()];
-    let mut next_id: i64 = 1;
+    let mut next_id: i64 = first_id;
     let mut done = 0;
     while done < max_txs && (done < min_txs || !stop.load(Ordering::Relaxed)) {
         let mut sql = String::from("BEGIN;");
@@ -80,19 +88,18 @@ pub(super) async fn workload(
                 let id = ids[ti].swap_remove(index);
                 sql.push_str(&format!("DELETE FROM {t} WHERE id = {id};"));
             } else {
-                // One statement changing several rows (at least one).
-                let id = ids[ti][rng.range(0, ids[ti].len() as u64) as usize];
-                sql.push_str(&format!(
-                    "UPDATE {t} SET n = COALESCE(n, 0) - 1 WHERE grp = {} OR id = {id};",
-                    rng.range(0, 7)
-                ));
+                // One statement changing several rows.
+                let some: Vec<String> =
+                    (0..rng.range(2, 6)).map(|_| ids[ti][rng.range(0, ids[ti].len() as u64) as usize].to_string()).collect();
+                sql.push_str(&format!("UPDATE {t} SET n = COALESCE(n, 0) - 1 WHERE id IN ({});", some.join(", ")));
             }
         }
         sql.push_str("COMMIT;");
         match pg.batch_execute(&sql).await {
             Ok(()) => done += 1,
             Err(e) if reconnect => {
-                eprintln!("workload: transaction failed ({e}); reconnecting");
+                let detail = e.as_db_error().map_or_else(|| e.to_string(), |d| d.message().to_owned());
+                eprintln!("workload: transaction failed ({detail}); reconnecting");
                 pg = loop {
                     tokio::time::sleep(Duration::from_millis(300)).await;
                     if let Ok((client, connection)) = tokio_postgres::connect(&env().database_url, tokio_postgres::NoTls).await {
@@ -103,7 +110,7 @@ pub(super) async fn workload(
             }
             Err(e) => panic!("workload transaction failed: {e}\n{sql}"),
         }
-        tokio::time::sleep(Duration::from_millis(rng.range(0, 6))).await;
+        tokio::time::sleep(Duration::from_millis(rng.range(pause_ms.0, pause_ms.1))).await;
     }
     done
 }
@@ -150,7 +157,16 @@ async fn sigkilled_producers_lose_nothing_and_reorder_nothing() {
     sc.ensure_reference().await;
 
     let stop = Arc::new(AtomicBool::new(false));
-    let writer = tokio::spawn(workload(names.clone(), rng.next_u64(), Arc::clone(&stop), 400, 4000, false));
+    let plan = Workload {
+        tables: names.clone(),
+        seed: rng.next_u64(),
+        min_txs: 400,
+        max_txs: 4000,
+        reconnect: false,
+        pause_ms: (0, 6),
+        first_id: 1,
+    };
+    let writer = tokio::spawn(workload(plan, Arc::clone(&stop)));
     let mut kills = Vec::new();
     for kill in 0..KILLS {
         let delay = Duration::from_millis(rng.range(200, 2500));

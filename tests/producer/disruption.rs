@@ -14,7 +14,7 @@ use pgkafka_tests::producing::{verify_delivery, wait_delivered, Rng, RunningProd
 use pgkafka_tests::reference::all_ops;
 use pgkafka_tests::{env, pg_client, unique_name};
 
-use super::crash::workload;
+use super::crash::{workload, Workload};
 use super::{Scenario, Table};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -51,11 +51,22 @@ async fn the_producer_rides_out_a_broker_pause_and_a_postgres_restart() {
 
     // 1. The broker stops answering for longer than librdkafka's request and session timeouts.
     let stop = Arc::new(AtomicBool::new(false));
-    let writer = tokio::spawn(workload(names.clone(), rng.next_u64(), Arc::clone(&stop), 200, 100_000, true));
+    let plan = Workload {
+        tables: names.clone(),
+        seed: rng.next_u64(),
+        min_txs: 200,
+        max_txs: 2_000,
+        reconnect: true,
+        pause_ms: (10, 40),
+        first_id: 1,
+    };
+    let writer = tokio::spawn(workload(plan.clone(), Arc::clone(&stop)));
     tokio::time::sleep(Duration::from_millis(rng.range(500, 2000))).await;
     {
+        // Past librdkafka's request.timeout.ms (30 s): in-flight produce requests time out and are
+        // retried by the idempotent producer.
         let pause = BrokerPause::start();
-        tokio::time::sleep(Duration::from_secs(20)).await;
+        tokio::time::sleep(Duration::from_secs(32)).await;
         pause.resume();
     }
     tokio::time::sleep(Duration::from_millis(rng.range(500, 2000))).await;
@@ -75,9 +86,11 @@ async fn the_producer_rides_out_a_broker_pause_and_a_postgres_restart() {
 
     // 2. PostgreSQL restarts (fast shutdown) while changes stream.
     let stop = Arc::new(AtomicBool::new(false));
-    let writer = tokio::spawn(workload(names.clone(), rng.next_u64(), Arc::clone(&stop), 200, 100_000, true));
+    let writer = tokio::spawn(workload(Workload { seed: rng.next_u64(), first_id: 10_000_000, ..plan }, Arc::clone(&stop)));
     tokio::time::sleep(Duration::from_millis(rng.range(500, 2000))).await;
+    let restart = Instant::now();
     tokio::task::spawn_blocking(restart_postgres).await.unwrap();
+    println!("PostgreSQL restarted in {:?}", restart.elapsed());
     sc.pg = pg_client().await;
     tokio::time::sleep(Duration::from_millis(rng.range(1000, 3000))).await;
     stop.store(true, Ordering::Relaxed);
