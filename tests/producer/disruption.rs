@@ -1,5 +1,6 @@
 //! The broker paused past the client timeouts, and PostgreSQL restarted, both mid-stream: the
-//! producer resumes by itself, and nothing is lost or reordered.
+//! producer resumes by itself, and nothing is lost or reordered. Then a graceful shutdown while
+//! the broker is paused: it ends after the shutdown timeout, and a new producer delivers the rest.
 //!
 //! This disturbs every test using the servers at the time. It holds the services exclusively
 //! against the other producer tests of this binary; run it on its own (`producer::disruption`) or
@@ -45,6 +46,7 @@ async fn the_producer_rides_out_a_broker_pause_and_a_postgres_restart() {
         .builder()
         .status_interval(Duration::from_millis(300))
         .reconnect_backoff_max(Duration::from_secs(2))
+        .shutdown_timeout(Duration::from_secs(3))
         .build();
     let producer = RunningProducer::start(producer, &sc.slot).await;
     sc.ensure_reference().await;
@@ -107,6 +109,42 @@ async fn the_producer_rides_out_a_broker_pause_and_a_postgres_restart() {
         started.elapsed()
     );
 
+    // 3. A graceful shutdown while the broker cannot acknowledge: the shutdown timeout ends it,
+    // nothing unacknowledged is confirmed, and a new producer delivers the rest once the broker is back.
+    {
+        let pause = BrokerPause::start();
+        super::stream::run_each(
+            &sc.pg,
+            &(0..20)
+                .map(|i| {
+                    format!(
+                        "BEGIN; INSERT INTO {a} VALUES ({id}, {i}, 'during pause', NULL); \
+                         INSERT INTO {b} VALUES ({id}, {i}, 'during pause', NULL); COMMIT",
+                        a = names[0],
+                        b = names[1],
+                        id = 20_000_000 + i
+                    )
+                })
+                .collect::<Vec<_>>(),
+        )
+        .await;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let stopping = Instant::now();
+        producer.stop().await.expect("a graceful stop that timed out waiting for Kafka still returns Ok");
+        println!("stopped with the broker paused in {:?}", stopping.elapsed());
+        pause.resume();
+    }
+    let producer = RunningProducer::start(sc.builder().build(), &sc.slot).await;
+    let txs = sc.expected().await;
+    let ops = all_ops(&txs);
+    let records = wait_delivered(&sc.topics, &ops, Duration::from_secs(180)).await;
+    let delivery = verify_delivery(&records, &ops, &sc.routes);
+    println!(
+        "shutdown during a broker pause: {} changes in all, {} re-sent, {:?}",
+        ops.len(),
+        delivery.duplicates,
+        started.elapsed()
+    );
     producer.stop().await.expect("graceful stop after the disruptions");
     sc.cleanup().await;
 }

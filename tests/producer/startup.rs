@@ -10,11 +10,15 @@ use super::{Scenario, Table};
 
 /// Runs the scenario's producer and returns its error; it must fail before streaming.
 async fn startup_error(sc: &Scenario) -> String {
+    startup_error_of(sc, |e| matches!(e, ProducerError::Schema(_)), "ProducerError::Schema").await
+}
+
+async fn startup_error_of(sc: &Scenario, kind: fn(&ProducerError) -> bool, kind_name: &str) -> String {
     let result = tokio::time::timeout(Duration::from_secs(60), sc.producer().start())
         .await
         .expect("start() kept going instead of reporting the problem");
     let error = result.expect_err("start() accepted a configuration it must reject");
-    assert!(matches!(error, ProducerError::Schema(_)), "expected ProducerError::Schema, got {error:?}");
+    assert!(kind(&error), "expected {kind_name}, got {error:?}");
     let message = error.to_string();
     println!("{message}");
     message
@@ -98,5 +102,25 @@ async fn startup_fails_when_replica_identity_is_not_full() {
     let message = startup_error(&sc).await;
     let fix = [format!("ALTER TABLE {t} REPLICA IDENTITY FULL"), format!("ALTER TABLE public.{t} REPLICA IDENTITY FULL")];
     assert!(fix.iter().any(|f| message.contains(f.as_str())), "the error does not show the fix {:?}:\n{message}", fix[0]);
+    sc.cleanup().await;
+}
+
+#[tokio::test]
+async fn startup_fails_for_an_empty_partition_key_on_a_table_without_primary_key() {
+    let t = unique_name("p_v_nopk");
+    let table = Table::new(&t, format!("CREATE TABLE {t} (id int NOT NULL, v text)"), &[], 1);
+    let sc = Scenario::new("p_v_nopk", vec![table]).await;
+    let message = startup_error(&sc).await;
+    assert_mentions(&message, &[&t, "primary key", "partition_key"]);
+    sc.cleanup().await;
+}
+
+#[tokio::test]
+async fn startup_fails_for_an_existing_slot_of_another_plugin() {
+    let (_, table) = simple_table("p_v_plugin");
+    let sc = Scenario::new("p_v_plugin", vec![table]).await;
+    sc.pg.execute("SELECT pg_create_logical_replication_slot($1, 'test_decoding')", &[&sc.slot]).await.unwrap();
+    let message = startup_error_of(&sc, |e| matches!(e, ProducerError::Config(_)), "ProducerError::Config").await;
+    assert_mentions(&message, &[&sc.slot, "pgoutput", "pg_drop_replication_slot"]);
     sc.cleanup().await;
 }

@@ -46,6 +46,13 @@ async fn every_op_type_arrives_once_with_commit_lsn_seq_id_and_key() {
     )
     .await;
     let producer = sc.start().await;
+    let plugin: String = sc
+        .pg
+        .query_one("SELECT plugin::text FROM pg_replication_slots WHERE slot_name = $1", &[&sc.slot])
+        .await
+        .expect("the producer did not create its slot")
+        .get(0);
+    assert_eq!(plugin, "pgoutput");
     run_each(&sc.pg, &[
         format!("BEGIN; INSERT INTO {t} VALUES (1, 'eu', 'first', 10); INSERT INTO {t} VALUES (2, 'us', NULL, NULL); COMMIT"),
         format!("UPDATE {t} SET qty = 11 WHERE id = 1"),
