@@ -56,6 +56,7 @@ pub(crate) struct Scenario {
     pub topics: Vec<String>,
     tables: Vec<String>,
     extra_cleanup: Vec<String>,
+    cleaned: bool,
     _services: Option<tokio::sync::RwLockReadGuard<'static, ()>>,
 }
 
@@ -106,6 +107,7 @@ impl Scenario {
             topics: Vec::new(),
             tables: Vec::new(),
             extra_cleanup: Vec::new(),
+            cleaned: false,
             _services: None,
         }
     }
@@ -173,7 +175,8 @@ impl Scenario {
     }
 
     /// Drops the slots (once released), the publication and the tables. Call after the producer stopped.
-    pub(crate) async fn cleanup(self) {
+    pub(crate) async fn cleanup(mut self) {
+        self.cleaned = true;
         drop_slot(&self.pg, &self.slot).await;
         if let Some(reference) = &self.reference {
             drop_slot(&self.pg, reference).await;
@@ -191,4 +194,45 @@ impl Scenario {
 /// A row from literals: `row(&[Some("1"), None])`.
 pub(crate) fn row(values: &[Option<&str>]) -> Vec<Option<String>> {
     values.iter().map(|v| v.map(str::to_owned)).collect()
+}
+
+impl Drop for Scenario {
+    /// A test that panicked before `cleanup()` must not leave slots behind: they would retain WAL
+    /// for good. End whatever streams from them and drop them (best effort, off the runtime).
+    fn drop(&mut self) {
+        if self.cleaned {
+            return;
+        }
+        let mut slots = vec![self.slot.clone()];
+        slots.extend(self.reference.clone());
+        let url = env().database_url.clone();
+        let _ = std::thread::spawn(move || {
+            let Ok(runtime) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
+            runtime.block_on(async move {
+                let Ok((pg, connection)) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await else { return };
+                tokio::spawn(connection);
+                for slot in slots {
+                    for _ in 0..50 {
+                        let _ = pg
+                            .execute(
+                                "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots \
+                                 WHERE slot_name = $1 AND active",
+                                &[&slot],
+                            )
+                            .await;
+                        let gone = pg
+                            .query_opt("SELECT 1 FROM pg_replication_slots WHERE slot_name = $1", &[&slot])
+                            .await
+                            .map(|row| row.is_none())
+                            .unwrap_or(true);
+                        if gone || pg.execute("SELECT pg_drop_replication_slot($1)", &[&slot]).await.is_ok() {
+                            break;
+                        }
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                }
+            });
+        })
+        .join();
+    }
 }
