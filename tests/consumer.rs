@@ -439,8 +439,25 @@ async fn create_sink_table() -> String {
     table
 }
 
+/// The rows in `table`. Retries for a while: other suites on the same server restart it.
 async fn sink_count(table: &str) -> i64 {
-    pg_client().await.query_one(&format!("SELECT count(*) FROM {table}"), &[]).await.unwrap().get(0)
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let attempt = async {
+            let (client, connection) = tokio_postgres::connect(&env().database_url, tokio_postgres::NoTls).await?;
+            tokio::spawn(connection);
+            let row = client.query_one(&format!("SELECT count(*) FROM {table}"), &[]).await?;
+            Ok::<i64, tokio_postgres::Error>(row.get(0))
+        };
+        match attempt.await {
+            Ok(count) => return count,
+            Err(e) if Instant::now() < deadline => {
+                eprintln!("counting rows of {table}: {e}; retrying");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(e) => panic!("cannot count rows of {table}: {e}"),
+        }
+    }
 }
 
 /// Each partition's `i` values, in the order the rows were inserted, must be exactly `0..n`.
@@ -521,26 +538,26 @@ async fn idempotent_applies_each_op_once_through_resends_and_rollbacks() {
 async fn sigkilled_idempotent_consumers_apply_every_op_exactly_once() {
     const CHILD: &str = env!("CARGO_BIN_EXE_consumer_child");
     const PARTITIONS: i32 = 4;
-    const N: i64 = 400;
+    const N: i64 = 500;
     const KILLS: usize = 6;
     init_tracing();
     let (topic, group) = (unique_name("cons_crash"), unique_name("cons_crash_g"));
     create_topic(&topic, PARTITIONS).await;
     let table = create_sink_table().await;
 
-    // The stream flows in 40 rounds over about 16 s, with re-sends, and a "producer restart"
+    // The stream flows in 50 rounds over about 40 s, with re-sends, and a "producer restart"
     // half way that sends partitions 0 and 1 again from the start.
     let feed_topic = topic.clone();
     let feed = tokio::spawn(async move {
         let producer = feeder();
         let mut ends = BTreeMap::new();
-        for round in 0..40 {
+        for round in 0..50 {
             merge(&mut ends, send(&producer, &feed_topic, &stream_with_resends(PARTITIONS, round * 10, round * 10 + 10)).await);
             if round == 20 {
                 let resend: Vec<_> = (0..round * 10).flat_map(|i| (0..2).map(move |p| (p, stream_op(p, i)))).collect();
                 merge(&mut ends, send(&producer, &feed_topic, &resend).await);
             }
-            tokio::time::sleep(Duration::from_millis(400)).await;
+            tokio::time::sleep(Duration::from_millis(800)).await;
         }
         ends
     });
@@ -560,24 +577,37 @@ async fn sigkilled_idempotent_consumers_apply_every_op_exactly_once() {
             .expect("cannot start consumer_child")
     };
     let mut log = Vec::new();
+    let mut in_batch = 0;
     for kill in 0..KILLS {
         let before = sink_count(&table).await;
         let mut child = spawn_child();
         // Kill while it works: once it has applied something (a batch commits), a random moment
         // later, usually inside the next batch's transaction.
         let started = Instant::now();
-        while sink_count(&table).await == before && started.elapsed() < Duration::from_secs(25) {
+        while sink_count(&table).await == before && started.elapsed() < Duration::from_secs(15) {
             if let Ok(Some(status)) = child.try_wait() {
                 panic!("consumer_child exited on its own: {status}");
             }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        let delay = Duration::from_millis(random(600));
+        let delay = Duration::from_millis(random(300));
         tokio::time::sleep(delay).await;
+        // Whether the child has a transaction open on the sink table right now (a batch in hand).
+        let open: i64 = pg_client()
+            .await
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE xact_start IS NOT NULL AND pid <> pg_backend_pid() \
+                 AND state <> 'idle' AND query LIKE '%' || $1 || '%'",
+                &[&table],
+            )
+            .await
+            .unwrap()
+            .get(0);
         child.start_kill().unwrap();
         child.wait().await.unwrap();
+        in_batch += usize::from(open > 0);
         let after = sink_count(&table).await;
-        log.push(format!("kill {kill}: {before}->{after} rows, {delay:?} after progress"));
+        log.push(format!("kill {kill}: {before}->{after} rows, {delay:?} after progress, {open} open transactions"));
     }
     let end = as_vec(&feed.await.unwrap(), PARTITIONS);
 
@@ -601,6 +631,7 @@ async fn sigkilled_idempotent_consumers_apply_every_op_exactly_once() {
     println!("{}", log.join("; "));
     assert!(finished.is_ok(), "only {} of {total} rows after the last restart ({})", sink_count(&table).await, log.join("; "));
     assert_exactly_once_in_order(&table, PARTITIONS, N).await;
+    assert!(in_batch > 0, "no kill landed inside a transaction: {}", log.join("; "));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

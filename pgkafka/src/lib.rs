@@ -44,4 +44,4 @@ pub use producer::{
 #[cfg(feature = "consumer")]
 pub mod consumer;
 #[cfg(feature = "consumer")]
-pub use consumer::{BasicApplication, Consumer, ConsumerError, IdempotentApplication};
+pub use consumer::{BasicApplication, Consumer, ConsumerError, IdempotentApplication, InvalidMessagePolicy};

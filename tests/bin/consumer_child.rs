@@ -2,8 +2,8 @@
 //! (tests/consumer.rs, `sigkilled_idempotent_consumers_apply_every_op_exactly_once`).
 //!
 //! Usage: `consumer_child TOPIC GROUP DATABASE_URL TABLE BROKERS`. The application inserts one row
-//! per op into TABLE (`partition_tag, i, lsn, seq_id`), taken from the op, and dawdles a little so
-//! kills land inside batch transactions.
+//! per op into TABLE (`partition_tag, i, lsn, seq_id`), taken from the op, and dawdles a few
+//! milliseconds per op so kills land inside batch transactions.
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic, clippy::indexing_slicing)]
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -33,15 +33,14 @@ impl IdempotentApplication for Sink {
         .bind(op.seq_id.to_string())
         .execute(&mut **tx)
         .await?;
-        // xorshift: a pause of 0-2 ms on about one op in three.
+        // xorshift: a pause of 2-5 ms on every op, so a restarted child spends a while catching
+        // up inside batch transactions, where the test's kills should land.
         let mut x = self.rng.load(Ordering::Relaxed);
         x ^= x << 13;
         x ^= x >> 7;
         x ^= x << 17;
         self.rng.store(x, Ordering::Relaxed);
-        if x % 3 == 0 {
-            tokio::time::sleep(Duration::from_millis(x % 3)).await;
-        }
+        tokio::time::sleep(Duration::from_millis(2 + x % 4)).await;
         Ok(())
     }
 }
@@ -62,8 +61,9 @@ async fn main() {
     let seed = u64::from(std::process::id()).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
     let app = Sink { table: table.clone(), rng: AtomicU64::new(seed) };
     let consumer = Consumer::new(group.as_str(), vec![topic.as_str()], brokers.as_str(), app)
-        .kafka_option("session.timeout.ms", "6000")
-        .kafka_option("heartbeat.interval.ms", "500")
+        // Short, so a killed instance leaves the group soon and its successor joins quickly.
+        .kafka_option("session.timeout.ms", "3000")
+        .kafka_option("heartbeat.interval.ms", "300")
         .state_table(format!("{table}_state"))
         .retry_backoff(Duration::from_millis(20), Duration::from_millis(500))
         .batch_size(50)
