@@ -1,5 +1,6 @@
 //! Running producers in tests (in a task, or as a child process that can be SIGKILLed), waiting
 //! for their output, and checking it against what the slot holds.
+#![allow(clippy::indexing_slicing)]
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -282,7 +283,9 @@ pub fn verify_delivery(records: &[(String, Record)], expected: &[ReplicationOp],
     let by_id: HashMap<(u64, u64), &ReplicationOp> = expected.iter().map(|op| ((op.lsn, op.seq_id), op)).collect();
     assert_eq!(by_id.len(), expected.len(), "the expected changes repeat an (lsn, seq_id)");
     let mut delivery = Delivery::default();
-    let mut first_seen: HashMap<(u64, u64), (String, i32, Option<Vec<u8>>, Option<Vec<u8>>)> = HashMap::new();
+    // (lsn, seq_id) -> (topic, partition, key, value) of its first arrival.
+    type FirstSeen = (String, i32, Option<Vec<u8>>, Option<Vec<u8>>);
+    let mut first_seen: HashMap<(u64, u64), FirstSeen> = HashMap::new();
     let mut last_in_partition: HashMap<(String, i32), ((u64, u64), i64)> = HashMap::new();
     let mut partition_of_key: HashMap<(String, Vec<u8>), i32> = HashMap::new();
     let mut partitions: BTreeMap<String, std::collections::BTreeSet<i32>> = BTreeMap::new();

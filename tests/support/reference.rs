@@ -1,6 +1,7 @@
 //! What a publication's changes are, according to PostgreSQL itself: a second `pgoutput` slot
 //! peeked over SQL (`pg_logical_slot_peek_binary_changes`) and decoded here, independently of
 //! pgkafka's own decoder. Tests compare what the producer wrote to Kafka with this.
+#![allow(clippy::indexing_slicing)]
 
 use pgkafka::{Op, ReplicationOp};
 
