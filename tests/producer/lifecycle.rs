@@ -170,3 +170,35 @@ async fn a_second_producer_on_the_slot_fails_with_slot_in_use_or_waits_to_take_o
     standby.stop().await.unwrap();
     sc.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_kafka_refuses_for_good_stops_the_producer_naming_the_topic_without_confirming_it() {
+    pgkafka_tests::init_tracing();
+    let (t, table) = id_table("p_big", 1);
+    let mut sc = Scenario::new("p_big", vec![table]).await;
+    let mut producer = sc.start().await;
+    // Over librdkafka's and the broker's default message.max.bytes (1 MB).
+    super::stream::run_each(&sc.pg, &[
+        format!("INSERT INTO {t} VALUES (1, 'small')"),
+        format!("INSERT INTO {t} SELECT 2, string_agg(md5(g::text), '') FROM generate_series(1, 50000) g"),
+        format!("INSERT INTO {t} VALUES (3, 'after')"),
+    ])
+    .await;
+    let error = producer.join(Duration::from_secs(90)).await.expect_err("a 1.6 MB record cannot be delivered");
+    assert!(matches!(error, ProducerError::Kafka(_)), "expected ProducerError::Kafka, got {error:?}");
+    assert!(error.to_string().contains(&sc.topics[0]), "the error does not name the topic: {error}");
+    let txs = sc.expected().await;
+    assert_eq!(txs.len(), 3);
+    let confirmed = slot_confirmed(&sc.pg, &sc.slot).await.unwrap();
+    assert!(confirmed < txs[1].end_lsn, "the slot was confirmed past the record Kafka refused");
+    let records = sc.read_all().await;
+    assert!(
+        records.iter().all(|(_, r)| r.op().lsn < txs[1].commit_lsn),
+        "records after the refused one were published"
+    );
+    // The refused record is still ahead in the slot: a restart stops on it again.
+    let mut again = RunningProducer::spawn(sc.producer());
+    let error = again.join(Duration::from_secs(90)).await.expect_err("the refused record is still in the slot");
+    assert!(matches!(error, ProducerError::Kafka(_)), "{error:?}");
+    sc.cleanup().await;
+}
