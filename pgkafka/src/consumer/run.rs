@@ -206,12 +206,14 @@ impl Shared {
             return;
         }
         let worker = assigned.worker.get_or_insert_with(|| self.spawn_worker(&assigned.state));
+        // Counted before sending: the task may take the record (and count it down) at once.
+        let queued = assigned.state.queued.fetch_add(1, Ordering::AcqRel).saturating_add(1);
         if worker.tx.send(message).is_err() {
             // The task ended after a fatal error; the poll loop is about to stop.
+            assigned.state.queued.fetch_sub(1, Ordering::AcqRel);
             return;
         }
         assigned.last_dispatched = offset;
-        let queued = assigned.state.queued.fetch_add(1, Ordering::AcqRel) + 1;
         if queued >= PAUSE_AT && !assigned.paused {
             match consumer.pause(&single(&key)) {
                 Ok(()) => assigned.paused = true,
@@ -561,6 +563,7 @@ pub(crate) async fn run(settings: Settings, processor: Arc<dyn Processor>) -> Re
     let poll_shared = Arc::clone(&shared);
     let joined = tokio::task::spawn_blocking(move || poll_loop(&consumer, &poll_shared)).await;
     if let Err(e) = joined {
+        shared.halt.cancel();
         return Err(ConsumerError::fatal(format!("the poll thread failed: {e}")));
     }
     let fatal = shared.fatal.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
