@@ -288,6 +288,30 @@ async fn basic_fatal_error_stops_and_commits_exactly_what_was_handled() {
     assert_eq!(again.handled_of(1), (12..30).collect::<Vec<_>>());
 }
 
+/// A partition stuck on a failing op neither holds up the others nor loses or reorders anything
+/// while its backlog outgrows the pause threshold (1,000 records) and it is paused and resumed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn basic_stuck_partition_is_paused_without_blocking_others_or_losing_records() {
+    init_tracing();
+    let (topic, group) = (unique_name("cons_stuck"), unique_name("cons_stuck_g"));
+    create_topic(&topic, 2).await;
+    let mut records: Vec<_> = (0..2500).map(|i| (0, stream_op(0, i))).collect();
+    records.extend((0..100).map(|i| (1, stream_op(1, i))));
+    send(&feeder(), &topic, &records).await;
+
+    let app = Arc::new(Recorder { transient: Some((0, 0, 60)), ..Recorder::default() });
+    let consumer = test_consumer(&group, &topic, Arc::clone(&app));
+    let stop = consumer.shutdown_handle();
+    let task = tokio::spawn(consumer.start_basic());
+    wait_for("partition 1 handled", Duration::from_secs(60), || async { (app.handled_of(1).len() == 100).then_some(()) }).await;
+    assert!(app.handled_of(0).is_empty(), "partition 0 should still be stuck on its first op");
+    wait_for("partition 0 handled", Duration::from_secs(90), || async { (app.handled_of(0).len() >= 2500).then_some(()) }).await;
+    stop.shutdown();
+    task.await.unwrap().unwrap();
+    assert_eq!(app.handled_of(0), (0..2500).collect::<Vec<_>>());
+    assert_eq!(committed(&group, &topic, 2).await, vec![2500, 100]);
+}
+
 /// Partition 0: ops 0..5, then not JSON (offset 5), then the wrong shape (offset 6), then ops
 /// 5..10 (offsets 7..12). Partition 1: ops 0..10.
 async fn poisoned_topic(topic: &str) {

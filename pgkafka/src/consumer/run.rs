@@ -216,7 +216,10 @@ impl Shared {
         assigned.last_dispatched = offset;
         if queued >= PAUSE_AT && !assigned.paused {
             match consumer.pause(&single(&key)) {
-                Ok(()) => assigned.paused = true,
+                Ok(()) => {
+                    debug!(topic = key.0, partition = key.1, queued, "paused: the partition's task is behind");
+                    assigned.paused = true;
+                }
                 Err(e) => warn!(topic = key.0, partition = key.1, "cannot pause: {e}"),
             }
         }
@@ -227,7 +230,10 @@ impl Shared {
         for (key, a) in &mut dispatch.assigned {
             if a.paused && a.state.queued.load(Ordering::Acquire) < RESUME_BELOW {
                 match consumer.resume(&single(key)) {
-                    Ok(()) => a.paused = false,
+                    Ok(()) => {
+                        debug!(topic = key.0, partition = key.1, "resumed");
+                        a.paused = false;
+                    }
                     Err(e) => warn!(topic = key.0, partition = key.1, "cannot resume: {e}"),
                 }
             }
