@@ -4,8 +4,9 @@ use serde::{Deserialize, Serialize};
 
 /// One row's column values, in the order of [`ReplicationOp::col_names`].
 ///
-/// Each value is PostgreSQL's text output for the column (what `SELECT col::text` prints);
-/// SQL `NULL` is `None`.
+/// Each value is the text output of the column's type, as PostgreSQL sends it to logical
+/// replication (what `SELECT col::text` prints, except that `boolean` is `t`/`f`); SQL `NULL` is
+/// `None`.
 pub type Row = Vec<Option<String>>;
 
 /// One row change, as published to Kafka.

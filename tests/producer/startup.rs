@@ -124,3 +124,13 @@ async fn startup_fails_for_an_existing_slot_of_another_plugin() {
     assert_mentions(&message, &[&sc.slot, "pgoutput", "pg_drop_replication_slot"]);
     sc.cleanup().await;
 }
+
+#[tokio::test]
+async fn startup_fails_when_the_publication_publishes_only_some_columns() {
+    let (t, table) = simple_table("p_v_collist");
+    let sc = Scenario::new("p_v_collist", vec![table]).await;
+    sc.pg.batch_execute(&format!("ALTER PUBLICATION {} SET TABLE {t} (id, opt)", sc.publication)).await.unwrap();
+    let message = startup_error(&sc).await;
+    assert_mentions(&message, &[&t, "org", "publishes only some columns", "ALTER PUBLICATION"]);
+    sc.cleanup().await;
+}

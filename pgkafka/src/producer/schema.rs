@@ -90,6 +90,8 @@ struct PublishedTable {
     schema: String,
     table: String,
     replica_identity: char,
+    /// The publication's column list, when it publishes only some columns (PostgreSQL 15+).
+    published_columns: Option<Vec<String>>,
 }
 
 /// Checks the server, the publication and every table against the topic map, and returns the
@@ -124,13 +126,22 @@ pub(crate) async fn check(
             quote_ident(publication)
         )));
     }
+    // PostgreSQL 15 added column lists to publications (`attnames`).
+    let version: i32 = client
+        .query_one("SELECT current_setting('server_version_num')::int", &[])
+        .await
+        .map_err(pg)?
+        .get(0);
+    let column_list = if version >= 150_000 { "pt.attnames::text[]" } else { "NULL::text[]" };
     let rows = client
         .query(
-            "SELECT c.oid, pt.schemaname::text, pt.tablename::text, c.relreplident::text \
-             FROM pg_catalog.pg_publication_tables pt \
-             JOIN pg_catalog.pg_namespace n ON n.nspname = pt.schemaname \
-             JOIN pg_catalog.pg_class c ON c.relnamespace = n.oid AND c.relname = pt.tablename \
-             WHERE pt.pubname = $1 ORDER BY 2, 3",
+            &format!(
+                "SELECT c.oid, pt.schemaname::text, pt.tablename::text, c.relreplident::text, {column_list} \
+                 FROM pg_catalog.pg_publication_tables pt \
+                 JOIN pg_catalog.pg_namespace n ON n.nspname = pt.schemaname \
+                 JOIN pg_catalog.pg_class c ON c.relnamespace = n.oid AND c.relname = pt.tablename \
+                 WHERE pt.pubname = $1 ORDER BY 2, 3"
+            ),
             &[&publication],
         )
         .await
@@ -142,6 +153,7 @@ pub(crate) async fn check(
             schema: row.get(1),
             table: row.get(2),
             replica_identity: row.get::<_, String>(3).chars().next().unwrap_or('d'),
+            published_columns: row.get(4),
         })
         .collect();
 
@@ -244,6 +256,23 @@ pub(crate) async fn check(
             .iter()
             .map(|row| (row.get(0), row.get(1)))
             .collect();
+        if let Some(list) = &table.published_columns {
+            let left_out: Vec<&str> =
+                columns.iter().map(|(c, _)| c.as_str()).filter(|c| !list.iter().any(|l| l == c)).collect();
+            if !left_out.is_empty() {
+                // With REPLICA IDENTITY FULL the column list must cover every column, or
+                // PostgreSQL refuses UPDATE and DELETE on the table; and records would silently
+                // lack the columns.
+                problems.push(format!(
+                    "publication {publication:?} publishes only some columns of table {name} (not {}); pgkafka \
+                     publishes whole rows, so publish every column: ALTER PUBLICATION {} SET TABLE {} \
+                     (or DROP TABLE it and ADD TABLE it again without a column list)",
+                    left_out.join(", "),
+                    quote_ident(publication),
+                    qualified(&table.schema, &table.table)
+                ));
+            }
+        }
         let key_columns = if info.partition_key.is_empty() {
             let primary: Vec<String> = client
                 .query(
