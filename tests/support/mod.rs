@@ -13,8 +13,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer as _};
-use rdkafka::message::Message as _;
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use rdkafka::ClientConfig;
 
 pub mod disrupt;
 pub mod producing;
@@ -190,70 +189,11 @@ impl Record {
     }
 }
 
-/// Everything in `topic` right now, every partition read from its start to its current end,
-/// sorted by (partition, offset). Runs off the async runtime.
+/// Everything in `topic` right now, sorted by (partition, offset): every partition read from its
+/// start until nothing new came for 2 s. The brokers' high watermarks are not trusted (Tansu can
+/// report a stale one after pipelined produce requests, see `producing::read_topics`).
 pub async fn read_topic(topic: &str) -> Vec<Record> {
-    let topic = topic.to_owned();
-    tokio::task::spawn_blocking(move || read_topic_blocking(&topic)).await.expect("reader panicked")
-}
-
-fn read_topic_blocking(topic: &str) -> Vec<Record> {
-    let consumer: BaseConsumer = kafka_config()
-        .set("group.id", unique_name("reader"))
-        .set("enable.auto.commit", "false")
-        .set("enable.partition.eof", "false")
-        .create()
-        .expect("cannot create a Kafka consumer");
-    let metadata = consumer
-        .fetch_metadata(Some(topic), Duration::from_secs(10))
-        .unwrap_or_else(|e| panic!("no metadata for topic {topic}: {e}"));
-    let partitions: Vec<i32> = metadata
-        .topics()
-        .first()
-        .map(|t| t.partitions().iter().map(|p| p.id()).collect())
-        .unwrap_or_default();
-    let mut ends = HashMap::new();
-    let mut assignment = TopicPartitionList::new();
-    for &p in &partitions {
-        let (low, high) = consumer
-            .fetch_watermarks(topic, p, Duration::from_secs(10))
-            .unwrap_or_else(|e| panic!("no watermarks for {topic}/{p}: {e}"));
-        if high > low {
-            ends.insert(p, high);
-            assignment.add_partition_offset(topic, p, Offset::Offset(low)).expect("bad assignment");
-        }
-    }
-    let mut records = Vec::new();
-    if ends.is_empty() {
-        return records;
-    }
-    consumer.assign(&assignment).expect("cannot assign partitions");
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let mut remaining = ends.clone();
-    while !remaining.is_empty() {
-        assert!(Instant::now() < deadline, "reading {topic} to its end took over 120 s; still missing {remaining:?}");
-        match consumer.poll(Duration::from_millis(200)) {
-            Some(Ok(message)) => {
-                let partition = message.partition();
-                let offset = message.offset();
-                records.push(Record {
-                    partition,
-                    offset,
-                    key: message.key().map(<[u8]>::to_vec),
-                    value: message.payload().map(<[u8]>::to_vec),
-                });
-                if let Some(&end) = ends.get(&partition) {
-                    if offset + 1 >= end {
-                        remaining.remove(&partition);
-                    }
-                }
-            }
-            Some(Err(e)) => panic!("error reading {topic}: {e}"),
-            None => {}
-        }
-    }
-    records.sort_by_key(|r| (r.partition, r.offset));
-    records
+    producing::read_topics(&[topic.to_owned()]).await.into_iter().map(|(_, record)| record).collect()
 }
 
 /// Polls `check` every 100 ms until it returns `Some`, or panics with `what` after `timeout`.
