@@ -148,6 +148,8 @@ struct Recorder {
     calls: Mutex<Vec<(i32, i64, bool)>>,
     busy: Mutex<BTreeMap<i32, bool>>,
     overlap_in_partition: AtomicBool,
+    /// `current_message()` was missing or named another partition.
+    wrong_origin: AtomicBool,
     running: AtomicUsize,
     max_running: AtomicUsize,
     /// (tag, i, how many times it fails transiently first)
@@ -176,6 +178,9 @@ impl Recorder {
 impl BasicApplication for Recorder {
     async fn handle_message(&self, op: &ReplicationOp) -> Result<(), ConsumerError> {
         let (tag, i) = tag_and_i(op);
+        if pgkafka::consumer::current_message().is_none_or(|at| at.partition != tag) {
+            self.wrong_origin.store(true, Ordering::SeqCst);
+        }
         if std::mem::replace(self.busy.lock().unwrap().entry(tag).or_default(), true) {
             self.overlap_in_partition.store(true, Ordering::SeqCst);
         }
@@ -219,6 +224,7 @@ async fn basic_handles_each_partition_in_order_and_partitions_concurrently() {
     }
     assert!(!app.overlap_in_partition.load(Ordering::SeqCst), "two ops of one partition were handled at once");
     assert!(app.max_running.load(Ordering::SeqCst) >= 2, "partitions were never handled concurrently");
+    assert!(!app.wrong_origin.load(Ordering::SeqCst), "current_message() did not name the op's partition");
     // A graceful stop commits everything handled.
     assert_eq!(committed(&group, &topic, 4).await, vec![50; 4]);
 }

@@ -132,7 +132,7 @@ impl<A: IdempotentApplication> Processor for IdempotentProcessor<A> {
         self.linger
     }
 
-    async fn process(&self, topic: &str, partition: i32, ops: &[ReplicationOp]) -> Result<Outcome, ConsumerError> {
+    async fn process(&self, topic: &str, partition: i32, offsets: &[i64], ops: &[ReplicationOp]) -> Result<Outcome, ConsumerError> {
         let mut tx = self.pool.begin().await?;
         sqlx::query(&self.ensure_row)
             .bind(&self.group_id)
@@ -150,13 +150,13 @@ impl<A: IdempotentApplication> Processor for IdempotentProcessor<A> {
             .await?;
         let mut position = parse_position(lsn, seq_id, &self.table)?;
         let mut outcome = Outcome::default();
-        for op in ops {
+        for (op, &offset) in ops.iter().zip(offsets) {
             let this = (op.lsn, op.seq_id);
             if position.is_some_and(|stored| this <= stored) {
                 outcome.duplicates += 1;
                 continue;
             }
-            if let Err(e) = self.app.handle_message(&mut tx, op).await {
+            if let Err(e) = super::with_message(topic, partition, offset, self.app.handle_message(&mut tx, op)).await {
                 // Rolling back explicitly returns the connection at once; a failure to roll back
                 // only means the connection is gone, which discards the transaction too.
                 let _ = tx.rollback().await;

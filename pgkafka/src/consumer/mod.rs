@@ -86,6 +86,50 @@ impl<T: IdempotentApplication + ?Sized> IdempotentApplication for Arc<T> {
     }
 }
 
+/// Where the op being handled came from: its Kafka record's topic, partition and offset.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct MessageInfo {
+    /// The record's topic.
+    pub topic: String,
+    /// The record's partition.
+    pub partition: i32,
+    /// The record's offset.
+    pub offset: i64,
+}
+
+tokio::task_local! {
+    static CURRENT_MESSAGE: MessageInfo;
+}
+
+/// The Kafka record of the op being handled, when called from inside a `handle_message` run by a
+/// [`Consumer`] (`None` elsewhere). For logs and error messages.
+///
+/// ```
+/// use pgkafka::{async_trait::async_trait, BasicApplication, ConsumerError, ReplicationOp};
+///
+/// struct Audit;
+///
+/// #[async_trait]
+/// impl BasicApplication for Audit {
+///     async fn handle_message(&self, op: &ReplicationOp) -> Result<(), ConsumerError> {
+///         if let Some(at) = pgkafka::consumer::current_message() {
+///             println!("{} from {}/{} offset {}", op.table_name, at.topic, at.partition, at.offset);
+///         }
+///         Ok(())
+///     }
+/// }
+/// ```
+#[must_use]
+pub fn current_message() -> Option<MessageInfo> {
+    CURRENT_MESSAGE.try_with(Clone::clone).ok()
+}
+
+/// Runs `handler` with `current_message()` telling where its op came from.
+pub(crate) async fn with_message<F: std::future::Future>(topic: &str, partition: i32, offset: i64, handler: F) -> F::Output {
+    CURRENT_MESSAGE.scope(MessageInfo { topic: topic.to_owned(), partition, offset }, handler).await
+}
+
 /// What the consumer does with a Kafka record that is not a valid [`ReplicationOp`] (not JSON,
 /// the wrong shape, or no value at all).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]

@@ -36,8 +36,8 @@ pub(crate) trait Processor: Send + Sync + 'static {
     fn max_batch(&self) -> usize;
     /// How long to wait for more ops to fill a batch.
     fn linger(&self) -> Duration;
-    /// Handles `ops` (consecutive, of one partition) as one unit: all or nothing.
-    async fn process(&self, topic: &str, partition: i32, ops: &[ReplicationOp]) -> Result<Outcome, ConsumerError>;
+    /// Handles `ops` (consecutive, of one partition, at `offsets`) as one unit: all or nothing.
+    async fn process(&self, topic: &str, partition: i32, offsets: &[i64], ops: &[ReplicationOp]) -> Result<Outcome, ConsumerError>;
 }
 
 /// What a `process` call did.
@@ -61,9 +61,9 @@ impl<A: BasicApplication> Processor for BasicProcessor<A> {
         Duration::ZERO
     }
 
-    async fn process(&self, _topic: &str, _partition: i32, ops: &[ReplicationOp]) -> Result<Outcome, ConsumerError> {
-        for op in ops {
-            self.app.handle_message(op).await?;
+    async fn process(&self, topic: &str, partition: i32, offsets: &[i64], ops: &[ReplicationOp]) -> Result<Outcome, ConsumerError> {
+        for (op, &offset) in ops.iter().zip(offsets) {
+            super::with_message(topic, partition, offset, self.app.handle_message(op)).await?;
         }
         Ok(Outcome { applied: ops.len() as u64, duplicates: 0 })
     }
@@ -360,10 +360,8 @@ impl PartitionTask {
                     ops.push(op);
                 }
             }
-            if let Some(&last) = offsets.last() {
-                if !self.handle_ops(&ops, offsets.first().copied().unwrap_or(last), last).await {
-                    return;
-                }
+            if !self.handle_ops(&ops, &offsets).await {
+                return;
             }
             if let Some(Item::Invalid(message, reason)) = invalid {
                 if !self.handle_invalid(message, reason).await {
@@ -374,7 +372,8 @@ impl PartitionTask {
     }
 
     /// Handles `ops` (offsets `first..=last`) until done; false when the task must end.
-    async fn handle_ops(&self, ops: &[ReplicationOp], first: i64, last: i64) -> bool {
+    async fn handle_ops(&self, ops: &[ReplicationOp], offsets: &[i64]) -> bool {
+        let (Some(&first), Some(&last)) = (offsets.first(), offsets.last()) else { return true };
         let topic = self.state.topic.as_str();
         let partition = self.state.partition;
         let labels = [("topic", topic.to_owned()), ("partition", partition.to_string())];
@@ -385,7 +384,7 @@ impl PartitionTask {
                 () = self.stop.cancelled() => return false,
                 p = Arc::clone(&self.shared.permits).acquire_owned() => p,
             };
-            let result = self.shared.processor.process(topic, partition, ops).await;
+            let result = self.shared.processor.process(topic, partition, offsets, ops).await;
             drop(permit);
             match result {
                 Ok(outcome) => {
