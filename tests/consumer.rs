@@ -426,11 +426,19 @@ struct Sink {
     fail_once_after_insert: Option<(i32, i64)>,
     failed: AtomicBool,
     applied: AtomicU64,
+    /// A pause after each insert, to widen the windows in which instances overlap.
+    delay: Duration,
 }
 
 impl Sink {
     fn new(table: &str) -> Arc<Self> {
-        Arc::new(Sink { table: table.into(), fail_once_after_insert: None, failed: AtomicBool::new(false), applied: AtomicU64::new(0) })
+        Arc::new(Sink {
+            table: table.into(),
+            fail_once_after_insert: None,
+            failed: AtomicBool::new(false),
+            applied: AtomicU64::new(0),
+            delay: Duration::ZERO,
+        })
     }
 }
 
@@ -448,6 +456,9 @@ impl IdempotentApplication for Sink {
         .bind(op.seq_id.to_string())
         .execute(&mut **tx)
         .await?;
+        if !self.delay.is_zero() {
+            tokio::time::sleep(self.delay).await;
+        }
         if self.fail_once_after_insert == Some((tag, i)) && !self.failed.swap(true, Ordering::SeqCst) {
             return Err(ConsumerError::transient("fails once, after its insert"));
         }
@@ -717,5 +728,44 @@ async fn two_idempotent_consumers_in_one_group_apply_each_op_once() {
     stop_a.shutdown();
     task_a.await.unwrap().unwrap();
     println!("first applied {}, second {}", first.applied.load(Ordering::SeqCst), second.applied.load(Ordering::SeqCst));
+    assert_exactly_once_in_order(&table, PARTITIONS, N).await;
+}
+
+/// A zombie: a second instance working the same partitions under the same state group at the
+/// same time (here: in another Kafka group, so both are handed every record). Only the row lock
+/// in the state table keeps them from applying an op twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_instances_on_the_same_partitions_apply_each_op_once() {
+    const PARTITIONS: i32 = 3;
+    const N: i64 = 150;
+    init_tracing();
+    let (topic, group) = (unique_name("cons_zombie"), unique_name("cons_zombie_g"));
+    create_topic(&topic, PARTITIONS).await;
+    let table = create_sink_table().await;
+    let end = as_vec(&send(&feeder(), &topic, &stream_with_resends(PARTITIONS, 0, N)).await, PARTITIONS);
+
+    let url = env().database_url.clone();
+    let zombie_group = format!("{group}_zombie");
+    let mut tasks = Vec::new();
+    let mut stops = Vec::new();
+    for kafka_group in [group.clone(), zombie_group.clone()] {
+        let sink = Arc::new(Sink { delay: Duration::from_millis(3), ..Arc::try_unwrap(Sink::new(&table)).ok().unwrap() });
+        let consumer = test_consumer(&group, &topic, sink).kafka_option("group.id", &kafka_group).batch_size(10);
+        stops.push(consumer.shutdown_handle());
+        let url = url.clone();
+        tasks.push(tokio::spawn(async move { consumer.start_idempotent(&url).await }));
+    }
+    for kafka_group in [&group, &zombie_group] {
+        wait_for("both instances through the whole topic", Duration::from_secs(90), || async {
+            (committed(kafka_group, &topic, PARTITIONS).await == end).then_some(())
+        })
+        .await;
+    }
+    for stop in stops {
+        stop.shutdown();
+    }
+    for task in tasks {
+        task.await.unwrap().unwrap();
+    }
     assert_exactly_once_in_order(&table, PARTITIONS, N).await;
 }
