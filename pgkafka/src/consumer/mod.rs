@@ -444,8 +444,8 @@ impl<A: IdempotentApplication> Consumer<A> {
     ///
     /// By default up to 100 consecutive ops of a partition ([`Consumer::batch_size`]), gathered
     /// for at most 5 ms ([`Consumer::batch_linger`]), share one transaction: one lock, one state
-    /// update and one commit (one WAL flush) per batch instead of per op, which is several times
-    /// faster. The cost: an error in any op rolls the whole batch back, and the whole batch is
+    /// update and one commit (one WAL flush) per batch instead of per op, the main costs of a small
+    /// op. The cost: an error in any op rolls the whole batch back, and the whole batch is
     /// retried; the row lock is held for the batch's duration; and a fatal error leaves the
     /// batch's earlier ops unapplied too (they are applied when the consumer restarts). Set
     /// `batch_size(1)` for one transaction per op.
