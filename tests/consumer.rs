@@ -769,3 +769,30 @@ async fn concurrent_instances_on_the_same_partitions_apply_each_op_once() {
     }
     assert_exactly_once_in_order(&table, PARTITIONS, N).await;
 }
+
+/// Not a check: prints the idempotent consumer's rate with and without batching (4 partitions,
+/// 10,000 ops, one insert each). Run it with
+/// `cargo test -p pgkafka-tests --test integration consumer::measure_idempotent_batching -- --ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement, not a test"]
+async fn measure_idempotent_batching() {
+    for batch in [100usize, 1] {
+        let (topic, group) = (unique_name("cons_meas"), unique_name("cons_meas_g"));
+        create_topic(&topic, 4).await;
+        let table = create_sink_table().await;
+        let records: Vec<_> = (0..2500).flat_map(|i| (0..4).map(move |p| (p, stream_op(p, i)))).collect();
+        send(&feeder(), &topic, &records).await;
+        let sink = Sink::new(&table);
+        let consumer = test_consumer(&group, &topic, Arc::clone(&sink)).batch_size(batch);
+        let stop = consumer.shutdown_handle();
+        let url = env().database_url.clone();
+        let task = tokio::spawn(async move { consumer.start_idempotent(&url).await });
+        wait_for("the first op", Duration::from_secs(60), || async { (sink.applied.load(Ordering::SeqCst) > 0).then_some(()) }).await;
+        let (started, before) = (Instant::now(), sink.applied.load(Ordering::SeqCst));
+        wait_for("every op", Duration::from_secs(300), || async { (sink.applied.load(Ordering::SeqCst) >= 10_000).then_some(()) }).await;
+        let rate = (10_000 - before) as f64 / started.elapsed().as_secs_f64();
+        println!("idempotent consumer, batch_size {batch}: {rate:.0} ops/s");
+        stop.shutdown();
+        task.await.unwrap().unwrap();
+    }
+}
