@@ -1,8 +1,16 @@
 #!/usr/bin/env bash
-# The main job. For now: bring up the local services and say where they are.
+# The main job, end to end: starts the local services (PostgreSQL with wal_level=logical and a
+# Kafka-protocol broker), runs a producer and a typed consumer on a demo table, applies a few
+# transactions of inserts, updates and deletes, prints each change as the consumer receives it,
+# then stops everything. Safe to run again.
 set -euo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-"$repo/scripts/services.sh" up
-echo "Local services are up:"
-sed 's/^/  /' "$repo/.services/env"
-echo "Stop them with: scripts/services.sh down"
+cd "$repo"
+command -v cargo >/dev/null || { [ -f "$HOME/.cargo/env" ] && . "$HOME/.cargo/env"; }
+
+started=no
+[ -f .services/env ] || started=yes
+scripts/services.sh up
+[ "$started" = yes ] && trap 'scripts/services.sh down' EXIT
+set -a; . .services/env; set +a
+cargo run --quiet -p pgkafka-examples --example demo
