@@ -33,11 +33,19 @@ pub use rdkafka;
 #[cfg(feature = "consumer")]
 pub use sqlx;
 
+mod redact;
+pub use redact::redact;
+
+#[cfg(any(feature = "producer", feature = "consumer"))]
+mod shutdown;
+#[cfg(any(feature = "producer", feature = "consumer"))]
+pub use shutdown::ShutdownHandle;
+
 #[cfg(feature = "producer")]
 pub mod producer;
 #[cfg(feature = "producer")]
 pub use producer::{
-    CheckReport, CheckedTable, Producer, ProducerBuilder, ProducerError, ShutdownHandle, SlotInUsePolicy, SlotStatus,
+    CheckReport, CheckedTable, Producer, ProducerBuilder, ProducerError, SlotInUsePolicy, SlotStatus,
     TruncatePolicy,
 };
 

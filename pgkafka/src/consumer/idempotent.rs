@@ -9,6 +9,7 @@ use sqlx::PgPool;
 
 use super::run::{Outcome, Processor};
 use super::{ConsumerError, IdempotentApplication, Settings};
+use crate::redact::redact;
 use crate::{Lsn, ReplicationOp};
 
 pub(crate) struct IdempotentProcessor<A> {
@@ -26,22 +27,6 @@ pub(crate) struct IdempotentProcessor<A> {
 /// `name` as a quoted SQL identifier.
 pub(crate) fn quote_ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
-}
-
-/// A connection string with any password replaced by `***`, for messages.
-fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            let (head, rest) = url.split_at(scheme + 3);
-            let userinfo = rest.get(..at - scheme - 3).unwrap_or("");
-            let tail = url.get(at..).unwrap_or("");
-            match userinfo.split_once(':') {
-                Some((user, _)) => format!("{head}{user}:***{tail}"),
-                None => url.to_owned(),
-            }
-        }
-        _ => url.to_owned(),
-    }
 }
 
 impl<A: IdempotentApplication> IdempotentProcessor<A> {

@@ -147,21 +147,7 @@ pub enum InvalidMessagePolicy {
     DeadLetter(String),
 }
 
-/// Stops a running [`Consumer`] gracefully, from anywhere.
-///
-/// Each partition finishes the op (or idempotent batch) in hand, the finished offsets are
-/// committed, and `start_basic` / `start_idempotent` return `Ok(())`.
-#[derive(Debug, Clone)]
-pub struct ShutdownHandle {
-    token: CancellationToken,
-}
-
-impl ShutdownHandle {
-    /// Asks the consumer to stop.
-    pub fn shutdown(&self) {
-        self.token.cancel();
-    }
-}
+pub use crate::shutdown::ShutdownHandle;
 
 /// Consumes [`ReplicationOp`]s from Kafka topics in a consumer group.
 ///
@@ -388,7 +374,7 @@ impl<A> Consumer<A> {
     /// A handle that stops the consumer gracefully.
     #[must_use]
     pub fn shutdown_handle(&self) -> ShutdownHandle {
-        ShutdownHandle { token: self.settings.shutdown.clone() }
+        ShutdownHandle::new(self.settings.shutdown.clone())
     }
 }
 

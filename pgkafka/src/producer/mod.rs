@@ -9,7 +9,7 @@ mod schema;
 mod session;
 mod watermark;
 
-pub use connection::redact;
+
 pub use error::ProducerError;
 
 use std::collections::HashMap;
@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
+pub use crate::shutdown::ShutdownHandle;
 use crate::{Lsn, TopicInfo};
 
 /// What [`Producer::check`] found: the routes the producer would stream, and the slot.
@@ -133,20 +134,6 @@ pub struct ProducerBuilder {
     config: ProducerConfig,
 }
 
-/// Stops a running producer gracefully: in-flight deliveries finish, what was delivered is
-/// confirmed to the slot, and [`Producer::start`] returns `Ok(())`.
-#[derive(Debug, Clone)]
-pub struct ShutdownHandle {
-    token: CancellationToken,
-}
-
-impl ShutdownHandle {
-    /// Asks the producer to stop.
-    pub fn shutdown(&self) {
-        self.token.cancel();
-    }
-}
-
 impl Producer {
     /// A producer for the given database, brokers, slot, publication and topic map, with default
     /// settings. Nothing is checked or connected until [`Producer::start`].
@@ -191,7 +178,7 @@ impl Producer {
     /// A handle that stops this producer gracefully, from another task.
     #[must_use]
     pub fn shutdown_handle(&self) -> ShutdownHandle {
-        ShutdownHandle { token: self.shutdown.clone() }
+        ShutdownHandle::new(self.shutdown.clone())
     }
 
     /// Checks the configuration, the database and the brokers without streaming or creating
