@@ -2,6 +2,7 @@
 //! that `scripts/services.sh` starts (or the servers named by `PGKAFKA_TEST_*`).
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic, clippy::indexing_slicing)]
 
+mod cli;
 mod consumer;
 mod foundation;
 mod producer;

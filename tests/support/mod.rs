@@ -105,18 +105,7 @@ pub async fn pg_client_for(url: &str) -> tokio_postgres::Client {
 }
 
 /// `url` with any password replaced by `***`, for messages.
-pub fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            let userinfo = &url[scheme + 3..at];
-            match userinfo.split_once(':') {
-                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
-                None => url.to_owned(),
-            }
-        }
-        _ => url.to_owned(),
-    }
-}
+pub use pgkafka::redact;
 
 /// librdkafka settings every test client uses: the test brokers and short group timeouts, so a
 /// consumer group joins in about 3 s instead of 23 s.
