@@ -278,7 +278,8 @@ async fn main() {
     let mut results = serde_json::Map::new();
     results.insert(
         "workload".into(),
-        json!({ "rows": env.rows, "rows_per_tx": env.rows_per_tx, "partitions": env.partitions, "columns": 5 }),
+        json!({ "rows": env.rows, "rows_per_tx": env.rows_per_tx, "partitions": env.partitions, "columns": 5,
+                "idempotent_ops": env.idempotent_ops, "latency_secs": env.latency_secs }),
     );
 
     // The workload, read by two slots made before it: one for pg_recvlogical, one for pgkafka.
@@ -403,9 +404,11 @@ async fn main() {
     eprintln!("bench: basic consumer");
     let counting = Counting::new(false);
     let consumer = consumer_options(Consumer::new(unique("bench_basic"), vec![topic.clone()], env.brokers.clone(), NoopApp(Arc::clone(&counting))));
+    let stop = consumer.shutdown_handle();
     let task = tokio::spawn(consumer.start_basic());
     wait_count(&counting, env.rows, Duration::from_secs(900)).await;
-    task.abort();
+    stop.shutdown();
+    let _ = task.await;
     results.insert("basic_consumer_msgs_per_sec".into(), json!(counting.rate()));
 
     // 6. Idempotent consumer inserting one row per op, batching on and off.
@@ -438,9 +441,11 @@ async fn main() {
             consumer = consumer.batch_size(1);
         }
         let url = env.database_url.clone();
+        let stop = consumer.shutdown_handle();
         let task = tokio::spawn(async move { consumer.start_idempotent(&url).await });
         wait_count(&counting, env.idempotent_ops, Duration::from_secs(900)).await;
-        task.abort();
+        stop.shutdown();
+        let _ = task.await;
         let key = if batching { "idempotent_consumer_ops_per_sec_batched" } else { "idempotent_consumer_ops_per_sec_unbatched" };
         results.insert(key.into(), json!(counting.rate()));
     }
@@ -469,6 +474,7 @@ async fn main() {
     let counting = Counting::new(true);
     let consumer = consumer_options(Consumer::new(unique("bench_lat"), vec![lat_topic.clone()], env.brokers.clone(), NoopApp(Arc::clone(&counting))))
         .kafka_option("fetch.wait.max.ms", "5");
+    let stop_consumer = consumer.shutdown_handle();
     let consumer_task = tokio::spawn(consumer.start_basic());
     // Warm up until the group has joined and the producer streams.
     let mut id = 0i64;
@@ -498,7 +504,8 @@ async fn main() {
     );
     stop.shutdown();
     let _ = producer_task.await;
-    consumer_task.abort();
+    stop_consumer.shutdown();
+    let _ = consumer_task.await;
 
     // Clean up slots so they do not retain WAL.
     for slot in [&recv_slot, &producer_slot, &big_slot, &lat_slot] {
@@ -507,4 +514,6 @@ async fn main() {
     let out = std::env::var("BENCH_OUT").unwrap_or_else(|_| "docs/benchmarks.json".into());
     std::fs::write(&out, serde_json::to_vec_pretty(&serde_json::Value::Object(results)).unwrap()).unwrap();
     eprintln!("bench: results written to {out}");
+    // librdkafka's threads may still be closing; the measurements are written.
+    std::process::exit(0);
 }

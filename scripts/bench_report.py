@@ -61,7 +61,8 @@ with open(md_path, "w") as f:
     f.write("- Broker: Tansu (Kafka wire protocol, memory storage) on the same machine\n")
     f.write(f"- Workload: {w['rows']:,} inserted rows of a {w['columns']}-column table, {w['rows_per_tx']:,} rows per transaction, "
             f"topic of {w['partitions']} partitions, JSON values of {r['record_value_bytes_avg']:.0f} bytes on average\n")
-    f.write(f"- Idempotent consumer runs: {r.get('idempotent_ops', 'BENCH_IDEMPOTENT_OPS')} ops\n\n")
+    f.write(f"- Idempotent consumer runs: {w.get('idempotent_ops', '?'):,} ops each, over the same {w['partitions']} partitions; latency: {w.get('latency_secs', '?')} s of single-row transactions\n")
+    f.write("- Command: `scripts/bench.sh` (defaults above; BENCH_ROWS, BENCH_ROWS_PER_TX, BENCH_PARTITIONS, BENCH_IDEMPOTENT_OPS, BENCH_LATENCY_TPS override)\n\n")
     f.write("| measurement | result | against the limit / target |\n|---|---|---|\n")
     for name, value, note in rows:
         f.write(f"| {name} | {value} | {note} |\n")

@@ -306,7 +306,8 @@ async fn basic_stuck_partition_is_paused_without_blocking_others_or_losing_recor
     send(&feeder(), &topic, &records).await;
 
     let app = Arc::new(Recorder { transient: Some((0, 0, 60)), ..Recorder::default() });
-    let consumer = test_consumer(&group, &topic, Arc::clone(&app));
+    // Below the 2,500 records of partition 0, so its pause and resume are exercised.
+    let consumer = test_consumer(&group, &topic, Arc::clone(&app)).max_queued_per_partition(1000);
     let stop = consumer.shutdown_handle();
     let task = tokio::spawn(consumer.start_basic());
     wait_for("partition 1 handled", Duration::from_secs(60), || async { (app.handled_of(1).len() == 100).then_some(()) }).await;

@@ -23,11 +23,7 @@ use tracing::{debug, error, info, info_span, warn, Instrument as _};
 use super::{BasicApplication, ConsumerError, InvalidMessagePolicy, Settings};
 use crate::ReplicationOp;
 
-/// A partition with this many records handed to its task and not yet taken is paused in
-/// librdkafka; it resumes once the task is down to `RESUME_BELOW`. librdkafka re-fetches from the
-/// last record handed over, so nothing is lost by pausing.
-const PAUSE_AT: usize = 1000;
-const RESUME_BELOW: usize = 100;
+
 
 /// What handles the ops of one partition: the basic or the idempotent consumer.
 #[async_trait]
@@ -214,7 +210,7 @@ impl Shared {
             return;
         }
         assigned.last_dispatched = offset;
-        if queued >= PAUSE_AT && !assigned.paused {
+        if queued >= self.settings.max_queued_per_partition && !assigned.paused {
             match consumer.pause(&single(&key)) {
                 Ok(()) => {
                     debug!(topic = key.0, partition = key.1, queued, "paused: the partition's task is behind");
@@ -228,7 +224,7 @@ impl Shared {
     fn resume_drained(&self, consumer: &BaseConsumer<Context>) {
         let mut dispatch = self.lock();
         for (key, a) in &mut dispatch.assigned {
-            if a.paused && a.state.queued.load(Ordering::Acquire) < RESUME_BELOW {
+            if a.paused && a.state.queued.load(Ordering::Acquire) < self.settings.max_queued_per_partition / 2 {
                 match consumer.resume(&single(key)) {
                     Ok(()) => {
                         debug!(topic = key.0, partition = key.1, "resumed");
