@@ -6,15 +6,8 @@
 #   scripts/bench.sh                    1,000,000 rows, 1,000 per transaction, 3 partitions
 #   BENCH_ROWS=200000 scripts/bench.sh  a smaller run
 set -euo pipefail
-repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-cd "$repo"
-command -v cargo >/dev/null || { [ -f "$HOME/.cargo/env" ] && . "$HOME/.cargo/env"; }
-
-started=no
-[ -f .services/env ] || started=yes
-scripts/services.sh up
-[ "$started" = yes ] && trap 'scripts/services.sh down' EXIT
-set -a; . .services/env; set +a
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+with_services
 
 python3 -c 'import matplotlib' 2>/dev/null || python3 -m pip install --quiet matplotlib >&2
 

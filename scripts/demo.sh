@@ -4,13 +4,6 @@
 # transactions of inserts, updates and deletes, prints each change as the consumer receives it,
 # then stops everything. Safe to run again.
 set -euo pipefail
-repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-cd "$repo"
-command -v cargo >/dev/null || { [ -f "$HOME/.cargo/env" ] && . "$HOME/.cargo/env"; }
-
-started=no
-[ -f .services/env ] || started=yes
-scripts/services.sh up
-[ "$started" = yes ] && trap 'scripts/services.sh down' EXIT
-set -a; . .services/env; set +a
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+with_services
 cargo run --quiet -p pgkafka-examples --example demo

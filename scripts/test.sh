@@ -3,16 +3,8 @@
 # Kafka-protocol broker, runs every test of the workspace against them, and stops what it started.
 # Set PGKAFKA_TEST_DATABASE_URL / PGKAFKA_TEST_BROKERS to use servers of your own (see README).
 set -euo pipefail
-repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-cd "$repo"
-command -v cargo >/dev/null || { [ -f "$HOME/.cargo/env" ] && . "$HOME/.cargo/env"; }
-command -v cargo >/dev/null || { echo "test.sh: cargo is not installed (https://rustup.rs)" >&2; exit 1; }
-
-started=no
-if [ ! -f .services/env ]; then started=yes; fi
-scripts/services.sh up
-if [ "$started" = yes ]; then trap 'scripts/services.sh down' EXIT; fi
-set -a; . .services/env; set +a
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+with_services
 
 # Each feature on its own must compile: a consumer-only service never builds the replication client.
 cargo check -p pgkafka --no-default-features --features producer
