@@ -257,7 +257,24 @@ struct Context {
     shared: Arc<Shared>,
 }
 
-impl ClientContext for Context {}
+impl ClientContext for Context {
+    /// librdkafka's statistics (every `statistics.interval.ms`, 5 s by default here) give each
+    /// partition's end offset; the lag is the records from the last handled one to that end, so
+    /// records fetched but not yet handled count too.
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        let dispatch = self.shared.lock();
+        for (key, assigned) in &dispatch.assigned {
+            let Some(partition) = statistics.topics.get(&key.0).and_then(|t| t.partitions.get(&key.1)) else {
+                continue;
+            };
+            let done = assigned.state.done.load(Ordering::Acquire).max(partition.committed_offset);
+            if partition.hi_offset >= 0 && done >= 0 {
+                metrics::gauge!("pgkafka_consumer_lag", "topic" => key.0.clone(), "partition" => key.1.to_string())
+                    .set((partition.hi_offset - done).max(0) as f64);
+            }
+        }
+    }
+}
 
 impl ConsumerContext for Context {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
@@ -518,7 +535,8 @@ pub(crate) async fn run(settings: Settings, processor: Arc<dyn Processor>) -> Re
     config
         .set("bootstrap.servers", &settings.brokers)
         .set("group.id", &settings.group_id)
-        .set("auto.offset.reset", "earliest");
+        .set("auto.offset.reset", "earliest")
+        .set("statistics.interval.ms", "5000");
     for (key, value) in &settings.kafka_options {
         if matches!(key.as_str(), "enable.auto.commit" | "enable.auto.offset.store") {
             return Err(ConsumerError::Config(format!(
