@@ -240,7 +240,13 @@ impl Shared {
         let (tx, rx) = mpsc::unbounded_channel();
         let stop = self.halt.child_token();
         let span = info_span!("partition", topic = state.topic, partition = state.partition);
-        let task = PartitionTask { shared: Arc::clone(self), state: Arc::clone(state), rx, stop: stop.clone() };
+        let task = PartitionTask {
+            shared: Arc::clone(self),
+            state: Arc::clone(state),
+            rx,
+            stop: stop.clone(),
+            meters: PartitionMeters::new(&state.topic, state.partition),
+        };
         let join = self.runtime.spawn(task.run().instrument(span));
         Worker { tx, stop, join }
     }
@@ -324,6 +330,30 @@ struct PartitionTask {
     state: Arc<PartitionState>,
     rx: UnboundedReceiver<OwnedMessage>,
     stop: CancellationToken,
+    meters: PartitionMeters,
+}
+
+/// A partition's metric handles, made once when its task starts so handling an op only
+/// increments them.
+struct PartitionMeters {
+    handled: metrics::Counter,
+    duplicates: metrics::Counter,
+    retries: metrics::Counter,
+    failed: metrics::Counter,
+    batch_size: metrics::Histogram,
+}
+
+impl PartitionMeters {
+    fn new(topic: &str, partition: i32) -> Self {
+        let labels = [("topic", topic.to_owned()), ("partition", partition.to_string())];
+        Self {
+            handled: metrics::counter!("pgkafka_consumer_ops_handled_total", &labels),
+            duplicates: metrics::counter!("pgkafka_consumer_ops_duplicate_total", &labels),
+            retries: metrics::counter!("pgkafka_consumer_retries_total", &labels),
+            failed: metrics::counter!("pgkafka_consumer_ops_failed_total", &labels),
+            batch_size: metrics::histogram!("pgkafka_consumer_batch_size", &labels),
+        }
+    }
 }
 
 enum Item {
@@ -389,7 +419,6 @@ impl PartitionTask {
         let (Some(&first), Some(&last)) = (offsets.first(), offsets.last()) else { return true };
         let topic = self.state.topic.as_str();
         let partition = self.state.partition;
-        let labels = [("topic", topic.to_owned()), ("partition", partition.to_string())];
         let mut backoff = self.shared.settings.retry_initial;
         loop {
             let permit = tokio::select! {
@@ -402,16 +431,16 @@ impl PartitionTask {
             match result {
                 Ok(outcome) => {
                     self.state.done.store(last + 1, Ordering::Release);
-                    metrics::counter!("pgkafka_consumer_ops_handled_total", &labels).increment(outcome.applied);
+                    self.meters.handled.increment(outcome.applied);
                     if outcome.duplicates > 0 {
-                        metrics::counter!("pgkafka_consumer_ops_duplicate_total", &labels).increment(outcome.duplicates);
+                        self.meters.duplicates.increment(outcome.duplicates);
                         debug!(offsets = ?(first..=last), duplicates = outcome.duplicates, "skipped ops already applied");
                     }
-                    metrics::histogram!("pgkafka_consumer_batch_size", &labels).record(ops.len() as f64);
+                    self.meters.batch_size.record(ops.len() as f64);
                     return true;
                 }
                 Err(e) if e.is_transient() => {
-                    metrics::counter!("pgkafka_consumer_retries_total", &labels).increment(1);
+                    self.meters.retries.increment(1);
                     warn!(offsets = ?(first..=last), "transient error, retrying in {backoff:?}: {e}");
                     tokio::select! {
                         biased;
@@ -421,7 +450,7 @@ impl PartitionTask {
                     backoff = backoff.saturating_mul(2).min(self.shared.settings.retry_max);
                 }
                 Err(e) => {
-                    metrics::counter!("pgkafka_consumer_ops_failed_total", &labels).increment(1);
+                    self.meters.failed.increment(1);
                     error!(offsets = ?(first..=last), "fatal error, stopping the consumer: {e}");
                     self.shared.fail(e);
                     return false;
