@@ -198,9 +198,7 @@ impl Producer {
     /// The first kind of problem found, saying what to fix (see [`ProducerError`]).
     pub async fn check(&self) -> Result<CheckReport, ProducerError> {
         let config = &self.config;
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        schema::validate_slot_name(&config.slot_name)?;
-        let connection = connection::ConnectionInfo::parse(&config.connection_string)?;
+        let connection = self.prepare()?;
         let client = connection.connect().await.map_err(|e| {
             ProducerError::Postgres(format!("cannot connect to PostgreSQL at {}: {}", connection.redacted, connection::with_sources(&e)))
         })?;
@@ -227,11 +225,9 @@ impl Producer {
         })
     }
 
-    /// Checks the configuration and the database, then streams until shut down or a fatal error.
-    ///
-    /// # Errors
-    /// A [`ProducerError`] saying what to fix. Lost connections are retried, not returned.
-    pub async fn start(&self) -> Result<(), ProducerError> {
+    /// What `check` and `start` both need first: the crypto provider, the settings that need no
+    /// server to check, and the parsed connection string.
+    fn prepare(&self) -> Result<connection::ConnectionInfo, ProducerError> {
         let config = &self.config;
         // pgwire-replication and rustls need a process-wide crypto provider; keep one that the
         // application installed.
@@ -243,7 +239,16 @@ impl Producer {
         if config.brokers.trim().is_empty() {
             return Err(ProducerError::Config("the Kafka broker list is empty".into()));
         }
-        let connection = connection::ConnectionInfo::parse(&config.connection_string)?;
+        connection::ConnectionInfo::parse(&config.connection_string)
+    }
+
+    /// Checks the configuration and the database, then streams until shut down or a fatal error.
+    ///
+    /// # Errors
+    /// A [`ProducerError`] saying what to fix. Lost connections are retried, not returned.
+    pub async fn start(&self) -> Result<(), ProducerError> {
+        let config = &self.config;
+        let connection = self.prepare()?;
         let span = tracing::info_span!("pgkafka_producer", slot = %config.slot_name);
 
         let reconnects = metrics::counter!("pgkafka_producer_reconnects_total", "slot" => config.slot_name.clone());
