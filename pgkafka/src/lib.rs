@@ -36,6 +36,14 @@ pub use sqlx;
 mod redact;
 pub use redact::redact;
 
+mod backoff;
+pub use backoff::Backoff;
+
+pub mod metrics;
+
+#[cfg(any(feature = "producer", feature = "consumer"))]
+mod kafka_config;
+
 #[cfg(any(feature = "producer", feature = "consumer"))]
 mod shutdown;
 #[cfg(any(feature = "producer", feature = "consumer"))]
