@@ -20,7 +20,10 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use pgkafka::{Producer, ProducerBuilder, ReplicationOp, TopicInfo};
-use pgkafka_tests::producing::{drop_slot, read_topics, verify_delivery, wait_delivered, Delivery, Route, RunningProducer};
+use pgkafka_tests::delivery::{verify_delivery, Delivery, Route};
+use pgkafka_tests::producer_task::RunningProducer;
+use pgkafka_tests::slots::drop_slot;
+use pgkafka_tests::topics::{read_topics, wait_delivered};
 use pgkafka_tests::reference::{all_ops, create_reference_slot, reference_transactions, RefTx};
 use pgkafka_tests::{create_topic, env, pg_client, unique_name, Record};
 

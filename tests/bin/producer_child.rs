@@ -1,23 +1,17 @@
 //! A pgkafka producer in its own process, for tests that SIGKILL it at random points.
 //!
-//! Configured by the JSON in `PGKAFKA_CHILD_CONFIG` (`pgkafka_tests::producing::ChildConfig`). SIGTERM or
+//! Configured by the JSON in `PGKAFKA_CHILD_CONFIG` (`pgkafka_tests::producer_process::ChildConfig`). SIGTERM or
 //! SIGINT stops it gracefully. Exit status: 0 after a graceful stop, 1 when `start()` failed.
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
 
 use std::time::Duration;
 
 use pgkafka::Producer;
-use pgkafka_tests::producing::ChildConfig;
+use pgkafka_tests::producer_process::ChildConfig;
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    pgkafka_tests::init_child_tracing("info");
     let config: ChildConfig = serde_json::from_str(
         &std::env::var("PGKAFKA_CHILD_CONFIG").expect("PGKAFKA_CHILD_CONFIG is not set"),
     )

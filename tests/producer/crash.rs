@@ -6,9 +6,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use pgkafka_tests::producing::{
-    slot_active_pid, slot_confirmed, verify_delivery, wait_delivered, ChildConfig, ChildProducer, Rng,
-};
+use pgkafka_tests::delivery::verify_delivery;
+use pgkafka_tests::producer_process::{ChildConfig, ChildProducer};
+use pgkafka_tests::rng::Rng;
+use pgkafka_tests::slots::{slot_active_pid, slot_confirmed};
+use pgkafka_tests::topics::wait_delivered;
 use pgkafka_tests::reference::all_ops;
 use pgkafka_tests::{env, pg_client, unique_name, wait_for};
 
@@ -147,7 +149,7 @@ async fn sigkilled_producers_lose_nothing_and_reorder_nothing() {
     };
     let log = std::env::temp_dir().join(format!("{}.log", unique_name("p_crash_child")));
     println!("child producer logs: {}", log.display());
-    let mut child = ChildProducer::spawn(CHILD, &config, log.clone());
+    let mut child = ChildProducer::spawn(CHILD, &config, &log);
     // The first child creates the slot; the reference slot comes after it, before any change.
     let pg = &sc.pg;
     wait_for("the first child producer to stream", Duration::from_secs(60), || async {
@@ -180,7 +182,7 @@ async fn sigkilled_producers_lose_nothing_and_reorder_nothing() {
         if rng.chance(0.3) {
             tokio::time::sleep(Duration::from_millis(rng.range(0, 1500))).await;
         }
-        child = ChildProducer::spawn(CHILD, &config, log.clone());
+        child = ChildProducer::spawn(CHILD, &config, &log);
     }
     stop.store(true, Ordering::Relaxed);
     let committed = writer.await.expect("workload panicked");
@@ -194,7 +196,7 @@ async fn sigkilled_producers_lose_nothing_and_reorder_nothing() {
     let status = child.terminate(Duration::from_secs(60)).await;
     assert!(status.success(), "the last child did not stop gracefully ({status}); see {}", log.display());
 
-    let records_after = pgkafka_tests::producing::read_topics(&sc.topics).await;
+    let records_after = pgkafka_tests::topics::read_topics(&sc.topics).await;
     assert!(records_after.len() >= records.len());
     let delivery = verify_delivery(&records_after, &ops, &sc.routes);
     println!(

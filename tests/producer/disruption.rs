@@ -11,7 +11,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use pgkafka_tests::disrupt::{exclusive_services, restart_postgres, BrokerPause};
-use pgkafka_tests::producing::{verify_delivery, wait_delivered, Rng, RunningProducer};
+use pgkafka_tests::delivery::verify_delivery;
+use pgkafka_tests::producer_task::RunningProducer;
+use pgkafka_tests::rng::Rng;
+use pgkafka_tests::topics::wait_delivered;
 use pgkafka_tests::reference::all_ops;
 use pgkafka_tests::{env, pg_client, unique_name};
 

@@ -5,7 +5,10 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use pgkafka::{ProducerError, SlotInUsePolicy, TruncatePolicy};
-use pgkafka_tests::producing::{slot_confirmed, verify_delivery, wait_delivered, RunningProducer};
+use pgkafka_tests::delivery::verify_delivery;
+use pgkafka_tests::producer_task::RunningProducer;
+use pgkafka_tests::slots::slot_confirmed;
+use pgkafka_tests::topics::wait_delivered;
 use pgkafka_tests::reference::all_ops;
 use pgkafka_tests::unique_name;
 

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use pgkafka::{Producer, ProducerError};
-use pgkafka_tests::producing::RunningProducer;
+use pgkafka_tests::producer_task::RunningProducer;
 use pgkafka_tests::{env, unique_name};
 
 use super::{Scenario, Table};

@@ -4,7 +4,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use pgkafka::{Op, ReplicationOp};
-use pgkafka_tests::producing::Rng;
+use pgkafka_tests::rng::Rng;
 use pgkafka_tests::unique_name;
 
 use super::{row, Scenario, Table};
@@ -451,7 +451,7 @@ async fn a_tiny_in_flight_window_still_delivers_everything_once_in_order() {
     tb.key_columns = vec!["id".into()];
     let mut sc = Scenario::new("p_win", vec![ta, tb]).await;
     // At most 3 unacknowledged messages: reading pauses mid-transaction again and again.
-    let producer = pgkafka_tests::producing::RunningProducer::start(sc.builder().max_in_flight(3).build(), &sc.slot).await;
+    let producer = pgkafka_tests::producer_task::RunningProducer::start(sc.builder().max_in_flight(3).build(), &sc.slot).await;
     sc.ensure_reference().await;
     sc.pg
         .batch_execute(&format!(

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use pgkafka_tests::producing::slot_confirmed;
+use pgkafka_tests::slots::slot_confirmed;
 use pgkafka_tests::{unique_name, wait_for};
 
 use super::{Scenario, Table};

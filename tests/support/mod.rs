@@ -1,5 +1,6 @@
-//! What pgkafka's integration tests share: the servers to talk to, unique names, topics, and
-//! reading a topic to its end. Tests state their scenario; the plumbing lives here.
+//! What pgkafka's integration tests and its benchmark share: the servers to talk to, unique
+//! names, clients, waiting; the modules hold the rest, one concern each. Tests state their
+//! scenario; the plumbing lives here.
 //!
 //! The servers come from the environment `scripts/services.sh up` writes to `.services/env`
 //! (`scripts/test.sh` exports it). Missing servers fail the test with what to run; nothing skips.
@@ -10,14 +11,19 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
-use rdkafka::consumer::{BaseConsumer, Consumer as _};
 use rdkafka::ClientConfig;
 
+pub mod consuming;
+pub mod delivery;
 pub mod disrupt;
-pub mod producing;
+pub mod producer_process;
+pub mod producer_task;
 pub mod reference;
+pub mod rng;
+pub mod slots;
+pub mod topics;
+
+pub use topics::{create_topic, read_topic, Record};
 
 /// Where the test servers are.
 #[derive(Debug, Clone)]
@@ -107,82 +113,23 @@ pub async fn pg_client_for(url: &str) -> tokio_postgres::Client {
 /// `url` with any password replaced by `***`, for messages.
 pub use pgkafka::redact;
 
+/// librdkafka settings naming the test brokers and nothing else: librdkafka's defaults, for
+/// clients that measure (the benchmark's baselines).
+pub fn kafka_brokers_config() -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config.set("bootstrap.servers", &env().brokers);
+    config
+}
+
 /// librdkafka settings every test client uses: the test brokers and short group timeouts, so a
 /// consumer group joins in about 3 s instead of 23 s.
 pub fn kafka_config() -> ClientConfig {
-    let mut config = ClientConfig::new();
+    let mut config = kafka_brokers_config();
     config
-        .set("bootstrap.servers", &env().brokers)
         .set("session.timeout.ms", "6000")
         .set("heartbeat.interval.ms", "500")
         .set("topic.metadata.refresh.interval.ms", "1000");
     config
-}
-
-/// Creates `topic` with `partitions` partitions and waits until its metadata shows them all.
-pub async fn create_topic(topic: &str, partitions: i32) {
-    let admin: AdminClient<DefaultClientContext> =
-        kafka_config().create().expect("cannot create a Kafka admin client");
-    let results = admin
-        .create_topics(
-            &[NewTopic::new(topic, partitions, TopicReplication::Fixed(1))],
-            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
-        )
-        .await
-        .unwrap_or_else(|e| panic!("cannot create topic {topic}: {e}"));
-    for result in results {
-        result.unwrap_or_else(|(name, code)| panic!("cannot create topic {name}: {code}"));
-    }
-    let consumer: BaseConsumer = kafka_config().create().expect("cannot create a Kafka consumer");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let ready = consumer
-            .fetch_metadata(Some(topic), Duration::from_secs(5))
-            .ok()
-            .and_then(|m| m.topics().first().map(|t| t.partitions().len() as i32 == partitions))
-            .unwrap_or(false);
-        if ready {
-            return;
-        }
-        assert!(Instant::now() < deadline, "topic {topic} did not show {partitions} partitions in 20 s");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-/// One Kafka record, as read back by a test.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Record {
-    pub partition: i32,
-    pub offset: i64,
-    pub key: Option<Vec<u8>>,
-    pub value: Option<Vec<u8>>,
-}
-
-impl Record {
-    /// The value decoded as a ReplicationOp.
-    pub fn op(&self) -> pgkafka::ReplicationOp {
-        let value = self.value.as_deref().expect("record without a value");
-        serde_json::from_slice(value).unwrap_or_else(|e| {
-            panic!(
-                "partition {} offset {}: not a ReplicationOp ({e}): {}",
-                self.partition,
-                self.offset,
-                String::from_utf8_lossy(value)
-            )
-        })
-    }
-
-    /// The key as UTF-8 text.
-    pub fn key_text(&self) -> Option<String> {
-        self.key.as_deref().map(|k| String::from_utf8_lossy(k).into_owned())
-    }
-}
-
-/// Everything in `topic` right now, sorted by (partition, offset): every partition read from its
-/// start until nothing new came for 2 s. The brokers' high watermarks are not trusted (Tansu can
-/// report a stale one after pipelined produce requests, see `producing::read_topics`).
-pub async fn read_topic(topic: &str) -> Vec<Record> {
-    producing::read_topics(&[topic.to_owned()]).await.into_iter().map(|(_, record)| record).collect()
 }
 
 /// Polls `check` every 100 ms until it returns `Some`, or panics with `what` after `timeout`.
@@ -203,11 +150,16 @@ where
 
 /// Logs of the code under test go to the test's output (shown for failing tests).
 pub fn init_tracing() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_test_writer()
-        .try_init();
+    let _ = tracing_subscriber::fmt().with_env_filter(env_filter("info")).with_test_writer().try_init();
+}
+
+/// Logs of a test's child process (`tests/bin/*`) go to its stderr, filtered by `RUST_LOG`, else
+/// at `default_level`.
+pub fn init_child_tracing(default_level: &str) {
+    tracing_subscriber::fmt().with_env_filter(env_filter(default_level)).with_writer(std::io::stderr).init();
+}
+
+fn env_filter(default_level: &str) -> tracing_subscriber::EnvFilter {
+    tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level))
 }

@@ -1,0 +1,42 @@
+//! Replication slots seen from SQL: who streams from one, how far it is confirmed, dropping it.
+
+use std::time::Duration;
+
+use crate::wait_for;
+
+/// The pid of the connection streaming from `slot`, if any.
+pub async fn slot_active_pid(pg: &tokio_postgres::Client, slot: &str) -> Option<i32> {
+    pg.query_opt("SELECT active_pid FROM pg_replication_slots WHERE slot_name = $1 AND active", &[&slot])
+        .await
+        .ok()
+        .flatten()
+        .and_then(|row| row.get::<_, Option<i32>>(0))
+}
+
+/// The slot's `confirmed_flush_lsn`, or `None` if it does not exist.
+pub async fn slot_confirmed(pg: &tokio_postgres::Client, slot: &str) -> Option<u64> {
+    let row = pg
+        .query_opt(
+            "SELECT (confirmed_flush_lsn - '0/0'::pg_lsn)::text FROM pg_replication_slots WHERE slot_name = $1",
+            &[&slot],
+        )
+        .await
+        .unwrap_or_else(|e| panic!("cannot read slot {slot}: {e}"))?;
+    row.get::<_, Option<String>>(0).map(|s| s.parse().expect("lsn"))
+}
+
+/// Drops `slot` once no connection uses it (waits up to 60 s); a missing slot is fine.
+pub async fn drop_slot(pg: &tokio_postgres::Client, slot: &str) {
+    wait_for(&format!("slot {slot} to be released and dropped"), Duration::from_secs(60), || async move {
+        let exists = pg
+            .query_opt("SELECT 1 FROM pg_replication_slots WHERE slot_name = $1", &[&slot])
+            .await
+            .ok()?
+            .is_some();
+        if !exists {
+            return Some(());
+        }
+        pg.execute("SELECT pg_drop_replication_slot($1)", &[&slot]).await.ok().map(|_| ())
+    })
+    .await;
+}
