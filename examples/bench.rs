@@ -23,16 +23,15 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use pgkafka::async_trait::async_trait;
-use pgkafka::rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use pgkafka::rdkafka::client::DefaultClientContext;
 use pgkafka::rdkafka::consumer::{BaseConsumer, Consumer as _, StreamConsumer};
 use pgkafka::rdkafka::message::Message as _;
 use pgkafka::rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
-use pgkafka::rdkafka::ClientConfig;
 use pgkafka::sqlx::{Postgres, Transaction};
 use pgkafka::{BasicApplication, Consumer, ConsumerError, IdempotentApplication, ReplicationOp};
+use pgkafka_tests::{create_topic, kafka_brokers_config, pg_client, unique_name};
 use serde_json::json;
 
+/// The servers (the integration tests' `PGKAFKA_TEST_*` environment) and the workload's size.
 struct Env {
     database_url: String,
     brokers: String,
@@ -47,15 +46,15 @@ struct Env {
 }
 
 fn env() -> Env {
-    let var = |k: &str| std::env::var(k).unwrap_or_else(|_| panic!("{k} is not set; run scripts/bench.sh"));
+    let servers = pgkafka_tests::env();
     let num = |k: &str, default: u64| std::env::var(k).ok().and_then(|v| v.parse().ok()).unwrap_or(default);
     let exe = std::env::current_exe().unwrap();
     // target/release/examples/bench -> target/release/pgkafka
     let pgkafka_bin = exe.parent().and_then(|p| p.parent()).unwrap().join("pgkafka");
     Env {
-        database_url: var("PGKAFKA_TEST_DATABASE_URL"),
-        brokers: var("PGKAFKA_TEST_BROKERS"),
-        pg_bin: var("PGKAFKA_TEST_PG_BIN"),
+        database_url: servers.database_url.clone(),
+        brokers: servers.brokers.clone(),
+        pg_bin: servers.pg_bin.clone().expect("PGKAFKA_TEST_PG_BIN is not set; run scripts/bench.sh"),
         pgkafka_bin,
         rows: num("BENCH_ROWS", 1_000_000),
         rows_per_tx: num("BENCH_ROWS_PER_TX", 1_000),
@@ -64,35 +63,6 @@ fn env() -> Env {
         latency_tps: num("BENCH_LATENCY_TPS", 200),
         latency_secs: num("BENCH_LATENCY_SECS", 15),
     }
-}
-
-fn unique(prefix: &str) -> String {
-    let micros = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_micros();
-    format!("{prefix}_{}", micros % 10_000_000_000)
-}
-
-async fn pg(url: &str) -> tokio_postgres::Client {
-    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls).await.expect("connect to PostgreSQL");
-    tokio::spawn(conn);
-    client
-}
-
-fn kafka(env: &Env) -> ClientConfig {
-    let mut c = ClientConfig::new();
-    c.set("bootstrap.servers", &env.brokers);
-    c
-}
-
-async fn create_topic(env: &Env, topic: &str) {
-    let admin: AdminClient<DefaultClientContext> = kafka(env).create().unwrap();
-    admin
-        .create_topics(&[NewTopic::new(topic, env.partitions, TopicReplication::Fixed(1))], &AdminOptions::new())
-        .await
-        .unwrap()
-        .into_iter()
-        .for_each(|r| {
-            r.unwrap();
-        });
 }
 
 /// A table of the benchmark's shape: five columns, REPLICA IDENTITY FULL, in its own publication.
@@ -148,7 +118,7 @@ fn peak_rss_kib(pid: u32) -> Option<u64> {
 /// happens once Kafka acknowledged every record before it); returns (seconds from start, peak
 /// RSS in KiB). The producer reports its position every 50 ms here.
 async fn run_producer_binary(env: &Env, config: &PathBuf, slot: &str, end_lsn: &str) -> (f64, u64) {
-    let client = pg(&env.database_url).await;
+    let client = pg_client().await;
     let mut child = tokio::process::Command::new(&env.pgkafka_bin)
         .arg("--config")
         .arg(config)
@@ -272,8 +242,8 @@ fn consumer_options<A>(consumer: Consumer<A>) -> Consumer<A> {
 #[tokio::main]
 async fn main() {
     let env = env();
-    let client = pg(&env.database_url).await;
-    let dir = std::env::temp_dir().join(unique("pgkafka_bench"));
+    let client = pg_client().await;
+    let dir = std::env::temp_dir().join(unique_name("pgkafka_bench"));
     std::fs::create_dir_all(&dir).unwrap();
     let mut results = serde_json::Map::new();
     results.insert(
@@ -283,7 +253,7 @@ async fn main() {
     );
 
     // The workload, read by two slots made before it: one for pg_recvlogical, one for pgkafka.
-    let table = unique("bench");
+    let table = unique_name("bench");
     let publication = format!("{table}_pub");
     let topic = format!("{table}_topic");
     let (recv_slot, producer_slot) = (format!("{table}_recv"), format!("{table}_slot"));
@@ -291,7 +261,7 @@ async fn main() {
     for slot in [&recv_slot, &producer_slot] {
         client.execute("SELECT pg_create_logical_replication_slot($1, 'pgoutput')", &[slot]).await.unwrap();
     }
-    create_topic(&env, &topic).await;
+    create_topic(&topic, env.partitions).await;
     eprintln!("bench: writing {} rows in transactions of {}", env.rows, env.rows_per_tx);
     let end_lsn = write_rows(&client, &table, env.rows, env.rows_per_tx).await;
 
@@ -318,7 +288,7 @@ async fn main() {
     // 2. Kafka's own limit: the same number of messages of the same size and keys, same settings.
     eprintln!("bench: raw rdkafka producer");
     let sample: Vec<(Vec<u8>, Vec<u8>)> = {
-        let reader: BaseConsumer = kafka(&env).set("group.id", unique("bench_sample")).create().unwrap();
+        let reader: BaseConsumer = kafka_brokers_config().set("group.id", unique_name("bench_sample")).create().unwrap();
         let mut tpl = pgkafka::rdkafka::TopicPartitionList::new();
         tpl.add_partition_offset(&topic, 0, pgkafka::rdkafka::Offset::Beginning).unwrap();
         reader.assign(&tpl).unwrap();
@@ -333,8 +303,8 @@ async fn main() {
     let avg_bytes = sample.iter().map(|(_, v)| v.len()).sum::<usize>() as f64 / sample.len() as f64;
     results.insert("record_value_bytes_avg".into(), json!(avg_bytes));
     let raw_topic = format!("{table}_raw");
-    create_topic(&env, &raw_topic).await;
-    let raw: FutureProducer = kafka(&env)
+    create_topic(&raw_topic, env.partitions).await;
+    let raw: FutureProducer = kafka_brokers_config()
         .set("enable.idempotence", "true")
         .set("acks", "all")
         .set("linger.ms", "5")
@@ -368,7 +338,7 @@ async fn main() {
     let big_topic = format!("{big}_topic");
     let big_slot = format!("{big}_slot");
     setup_table(&client, &big, &big_pub).await;
-    create_topic(&env, &big_topic).await;
+    create_topic(&big_topic, env.partitions).await;
     client.execute("SELECT pg_create_logical_replication_slot($1, 'pgoutput')", &[&big_slot]).await.unwrap();
     let big_end = write_rows(&client, &big, env.rows, env.rows).await;
     let big_config = write_producer_config(&env, &dir, &big_slot, &big_pub, &big, &big_topic);
@@ -378,8 +348,8 @@ async fn main() {
 
     // 5. Basic consumer, no-op handler, against a raw rdkafka consumer on the same topic.
     eprintln!("bench: raw rdkafka consumer");
-    let raw_consumer: StreamConsumer = kafka(&env)
-        .set("group.id", unique("bench_raw"))
+    let raw_consumer: StreamConsumer = kafka_brokers_config()
+        .set("group.id", unique_name("bench_raw"))
         .set("auto.offset.reset", "earliest")
         .set("enable.auto.commit", "false")
         .set("session.timeout.ms", "6000")
@@ -403,7 +373,7 @@ async fn main() {
 
     eprintln!("bench: basic consumer");
     let counting = Counting::new(false);
-    let consumer = consumer_options(Consumer::new(unique("bench_basic"), vec![topic.clone()], env.brokers.clone(), NoopApp(Arc::clone(&counting))));
+    let consumer = consumer_options(Consumer::new(unique_name("bench_basic"), vec![topic.clone()], env.brokers.clone(), NoopApp(Arc::clone(&counting))));
     let stop = consumer.shutdown_handle();
     let task = tokio::spawn(consumer.start_basic());
     wait_count(&counting, env.rows, Duration::from_secs(900)).await;
@@ -414,11 +384,11 @@ async fn main() {
     // 6. Idempotent consumer inserting one row per op, batching on and off.
     for batching in [true, false] {
         eprintln!("bench: idempotent consumer, batching {batching}");
-        let sink = unique("bench_sink");
+        let sink = unique_name("bench_sink");
         client.batch_execute(&format!("CREATE TABLE {sink} (lsn bigint, seq_id bigint)")).await.unwrap();
         let ops_topic = format!("{sink}_ops");
-        create_topic(&env, &ops_topic).await;
-        let feeder: FutureProducer = kafka(&env).set("linger.ms", "5").create().unwrap();
+        create_topic(&ops_topic, env.partitions).await;
+        let feeder: FutureProducer = kafka_brokers_config().set("linger.ms", "5").create().unwrap();
         for i in 0..env.idempotent_ops {
             let (key, value) = &sample[(i as usize) % sample.len()];
             let mut op: ReplicationOp = serde_json::from_slice(value).unwrap();
@@ -435,7 +405,7 @@ async fn main() {
         feeder.flush(Duration::from_secs(60)).unwrap();
         let counting = Counting::new(false);
         let app = InsertApp { table: sink.clone(), counting: Arc::clone(&counting) };
-        let mut consumer = consumer_options(Consumer::new(unique("bench_idem"), vec![ops_topic.clone()], env.brokers.clone(), app))
+        let mut consumer = consumer_options(Consumer::new(unique_name("bench_idem"), vec![ops_topic.clone()], env.brokers.clone(), app))
             .state_table(format!("{sink}_state"));
         if !batching {
             consumer = consumer.batch_size(1);
@@ -452,7 +422,7 @@ async fn main() {
 
     // 7. Latency from COMMIT to handle_message at a steady rate of small transactions.
     eprintln!("bench: latency at {} transactions/s", env.latency_tps);
-    let lat = unique("bench_lat");
+    let lat = unique_name("bench_lat");
     let lat_pub = format!("{lat}_pub");
     let lat_topic = format!("{lat}_topic");
     let lat_slot = format!("{lat}_slot");
@@ -463,7 +433,7 @@ async fn main() {
         ))
         .await
         .unwrap();
-    create_topic(&env, &lat_topic).await;
+    create_topic(&lat_topic, env.partitions).await;
     let mut topic_map = HashMap::new();
     topic_map.insert(lat.clone(), pgkafka::TopicInfo::new(&lat_topic, ["organization_id"]));
     let producer = pgkafka::Producer::builder(env.database_url.clone(), env.brokers.clone(), lat_slot.clone(), lat_pub.clone(), topic_map)
@@ -472,7 +442,7 @@ async fn main() {
     let stop = producer.shutdown_handle();
     let producer_task = tokio::spawn(async move { producer.start().await });
     let counting = Counting::new(true);
-    let consumer = consumer_options(Consumer::new(unique("bench_lat"), vec![lat_topic.clone()], env.brokers.clone(), NoopApp(Arc::clone(&counting))))
+    let consumer = consumer_options(Consumer::new(unique_name("bench_lat"), vec![lat_topic.clone()], env.brokers.clone(), NoopApp(Arc::clone(&counting))))
         .kafka_option("fetch.wait.max.ms", "5");
     let stop_consumer = consumer.shutdown_handle();
     let consumer_task = tokio::spawn(consumer.start_basic());
