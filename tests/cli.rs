@@ -47,24 +47,31 @@ fn assert_clean_failure(output: &Output, code: i32, mentions: &[&str]) {
     }
 }
 
+/// A `--config` path that does not exist: exit status 2 and one error paragraph naming the path and
+/// the flag.
 #[test]
 fn a_missing_config_file_is_a_clear_error() {
     let output = run(&["--config", "/nonexistent/pgkafka.toml"], None);
     assert_clean_failure(&output, 2, &["/nonexistent/pgkafka.toml", "--config"]);
 }
 
+/// A misspelt setting (`brokres`) in the config file: the error names its line and the field meant.
 #[test]
 fn an_unknown_field_names_the_line_and_the_known_fields() {
     let output = run(&[], Some("slot = \"s\"\npublication = \"p\"\nbrokres = \"localhost:9092\"\n[topics]\n"));
     assert_clean_failure(&output, 2, &["line 3", "unknown field `brokres`", "brokers"]);
 }
 
+/// A config file without `connection_string`: the error names the setting and the environment
+/// variable that can give it.
 #[test]
 fn a_missing_connection_string_names_the_setting_and_the_variable() {
     let output = run(&[], Some("brokers = \"localhost:9092\"\nslot = \"s\"\npublication = \"p\"\n[topics]\n"));
     assert_clean_failure(&output, 2, &["connection_string", "PGKAFKA_CONNECTION_STRING"]);
 }
 
+/// `--check` with a malformed connection string: rejected as such, with the password shown as
+/// `***`.
 #[test]
 fn a_bad_connection_string_is_rejected_without_showing_the_password() {
     let config = "connection_string = \"postgresql://u:hunter2@localhost:notaport/db\"\nbrokers = \"localhost:9092\"\n\
@@ -74,6 +81,8 @@ fn a_bad_connection_string_is_rejected_without_showing_the_password() {
     assert!(!stderr(&output).contains("hunter2"), "the password leaked:\n{}", stderr(&output));
 }
 
+/// `--check` against a port nothing listens on: exit status 1, naming the address and the refusal,
+/// not the password.
 #[test]
 fn an_unreachable_server_says_where_and_why() {
     let config = "connection_string = \"postgresql://u:hunter2@127.0.0.1:1/db\"\nbrokers = \"127.0.0.1:19092\"\n\
@@ -83,6 +92,8 @@ fn an_unreachable_server_says_where_and_why() {
     assert!(!stderr(&output).contains("hunter2"));
 }
 
+/// `--check` on a table without REPLICA IDENTITY FULL fails showing the fix; once fixed it lists
+/// each table's topic and key and does not create the slot.
 #[tokio::test]
 async fn check_validates_the_database_and_reports_what_it_would_stream() {
     let pg = pg_client().await;

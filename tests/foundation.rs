@@ -6,6 +6,8 @@ use std::time::Duration;
 use pgkafka_tests::{create_topic, kafka_config, pg_client, read_topic, unique_name};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
+/// The test PostgreSQL runs with `wal_level=logical`: a `test_decoding` slot shows a committed
+/// insert.
 #[tokio::test]
 async fn a_logical_slot_sees_a_committed_insert() {
     let pg = pg_client().await;
@@ -34,6 +36,7 @@ async fn a_logical_slot_sees_a_committed_insert() {
     );
 }
 
+/// 30 keyed messages over 3 partitions: every key stays in one partition, in the order sent.
 #[tokio::test]
 async fn the_broker_carries_keyed_messages_in_partition_order() {
     let topic = unique_name("found_topic");

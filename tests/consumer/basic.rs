@@ -74,6 +74,9 @@ impl BasicApplication for Recorder {
     }
 }
 
+/// 50 ops in each of 4 partitions: each partition's ops are handled in order and never two at once,
+/// partitions run concurrently, `current_message()` names the partition, and a graceful stop
+/// commits everything.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn basic_handles_each_partition_in_order_and_partitions_concurrently() {
     init_tracing();
@@ -100,6 +103,8 @@ async fn basic_handles_each_partition_in_order_and_partitions_concurrently() {
     assert_eq!(committed(&group, &topic, 4).await, vec![50; 4]);
 }
 
+/// An op that fails transiently three times: it is retried in place, before anything after it in
+/// its partition, and then everything is handled.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn basic_retries_a_transient_error_in_place() {
     init_tracing();
@@ -124,6 +129,8 @@ async fn basic_retries_a_transient_error_in_place() {
     assert_eq!(app.handled_of(1), (0..20).collect::<Vec<_>>());
 }
 
+/// A fatal error on op 12 of partition 1: the consumer stops with that error, each partition's
+/// commit is exactly what was handled, and the group resumes at the failed op.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn basic_fatal_error_stops_and_commits_exactly_what_was_handled() {
     init_tracing();

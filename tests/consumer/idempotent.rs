@@ -11,6 +11,9 @@ use pgkafka_tests::{create_topic, env, init_tracing, pg_client, unique_name, wai
 
 use super::{as_vec, committed, feed_in_rounds, feeder, send, stream_op, stream_with_resends, test_consumer, HIGH_LSN};
 
+/// A stream with re-sends, a handler failing once after its insert (the batch rolls back), then the
+/// whole stream again: each op applied once, in order, and the state rows (in a custom schema and
+/// quoted table) hold positions past 2^63.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idempotent_applies_each_op_once_through_resends_and_rollbacks() {
     init_tracing();
@@ -55,6 +58,8 @@ async fn idempotent_applies_each_op_once_through_resends_and_rollbacks() {
     assert_eq!(states, (0..3).map(|p| (p, last.clone(), "2".to_owned())).collect::<Vec<_>>());
 }
 
+/// A second consumer joins the group mid-stream, takes partitions, works and leaves mid-stream:
+/// each op applied exactly once, in order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_idempotent_consumers_in_one_group_apply_each_op_once() {
     const PARTITIONS: i32 = 4;

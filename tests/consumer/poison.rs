@@ -26,6 +26,8 @@ async fn poisoned_topic(topic: &str) {
     send(&feeder(), topic, &records).await;
 }
 
+/// A record that is not JSON at partition 0 offset 5: by default the consumer stops with an error
+/// naming topic, partition and offset, having committed nothing past it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn poison_message_stops_the_consumer_by_default() {
     init_tracing();
@@ -48,6 +50,8 @@ async fn poison_message_stops_the_consumer_by_default() {
     assert_eq!(committed(&group, &topic, 2).await[0], 5, "committed past the poison message");
 }
 
+/// The same poison records under `Skip` and `DeadLetter`: the consumer goes on and commits past
+/// them; the dead-letter topic holds both, with headers naming where each came from.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn poison_messages_are_skipped_or_dead_lettered_on_request() {
     init_tracing();
@@ -106,6 +110,8 @@ async fn poison_messages_are_skipped_or_dead_lettered_on_request() {
     assert!(headers.contains(&("pgkafka.offset".into(), "5".into())), "{headers:?}");
 }
 
+/// `enable.auto.commit=true` as a Kafka option: refused as a configuration error, since the
+/// consumer commits only handled records.
 #[tokio::test]
 async fn enable_auto_commit_cannot_be_set() {
     let consumer = Consumer::new("g", vec!["t"], env().brokers.as_str(), Recorder::default())

@@ -117,6 +117,10 @@ pub(super) async fn workload(w: Workload, stop: Arc<AtomicBool>) -> usize {
     done
 }
 
+/// A randomised workload on three tables (one keyed by a group column, two by id) while the child
+/// producer is SIGKILLed six times at random moments and restarted: every change arrives, in commit
+/// order per partition, duplicates only as byte-identical re-sends, and a final SIGTERM confirms
+/// the slot.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkilled_producers_lose_nothing_and_reorder_nothing() {
     pgkafka_tests::init_tracing();

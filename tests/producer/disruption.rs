@@ -21,6 +21,9 @@ use pgkafka_tests::{env, pg_client, unique_name};
 use super::crash::{workload, Workload};
 use super::{Scenario, Table};
 
+/// A workload on two tables while the broker is SIGSTOPped past librdkafka's timeouts and then
+/// PostgreSQL is restarted: the producer keeps running and delivers every change, in commit order
+/// per partition.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_producer_rides_out_a_broker_pause_and_a_postgres_restart() {
     pgkafka_tests::init_tracing();

@@ -23,6 +23,8 @@ fn id_table(prefix: &str, partitions: i32) -> (String, Table) {
     (t, table)
 }
 
+/// 50 two-table transactions, then a graceful stop: the slot is confirmed to the last transaction's
+/// end, so a restart re-sends nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn graceful_shutdown_confirms_what_was_delivered() {
     pgkafka_tests::init_tracing();
@@ -85,6 +87,9 @@ async fn graceful_shutdown_confirms_what_was_delivered() {
     sc.cleanup().await;
 }
 
+/// A TRUNCATE between two inserts stops the producer with an error naming the table and nothing
+/// confirmed past it (again on restart); with `TruncatePolicy::Skip` it goes on without publishing
+/// the TRUNCATE.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn truncate_stops_the_producer_by_default_and_skip_goes_on() {
     pgkafka_tests::init_tracing();
@@ -144,6 +149,8 @@ async fn truncate_stops_the_producer_by_default_and_skip_goes_on() {
     sc.cleanup().await;
 }
 
+/// A second producer on an active slot fails with `SlotInUse` under `SlotInUsePolicy::Fail`; by
+/// default it waits and takes over when the first stops, losing nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_producer_on_the_slot_fails_with_slot_in_use_or_waits_to_take_over() {
     pgkafka_tests::init_tracing();
@@ -174,6 +181,8 @@ async fn a_second_producer_on_the_slot_fails_with_slot_in_use_or_waits_to_take_o
     sc.cleanup().await;
 }
 
+/// A row whose record (1.6 MB) exceeds the broker's limit: the producer stops with a Kafka error
+/// naming the topic, confirms nothing past it and publishes nothing after it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_record_kafka_refuses_for_good_stops_the_producer_naming_the_topic_without_confirming_it() {
     pgkafka_tests::init_tracing();

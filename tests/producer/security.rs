@@ -19,6 +19,8 @@ fn scram_url() -> String {
     })
 }
 
+/// A producer connecting over TLS with SCRAM password auth: its walsender is the SCRAM user's over
+/// TLS, and the changes arrive.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn streams_over_tls_with_scram_password_auth() {
     pgkafka_tests::init_tracing();
@@ -52,6 +54,7 @@ async fn streams_over_tls_with_scram_password_auth() {
     sc.cleanup().await;
 }
 
+/// A wrong password: start() fails promptly saying the password was refused, without showing it.
 #[tokio::test]
 async fn a_wrong_password_is_a_clear_error_that_does_not_show_the_password() {
     let url = scram_url();

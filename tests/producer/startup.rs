@@ -36,6 +36,7 @@ fn simple_table(prefix: &str) -> (String, Table) {
     (t, table)
 }
 
+/// A publication that does not exist: startup fails naming it and `CREATE PUBLICATION`.
 #[tokio::test]
 async fn startup_fails_when_the_publication_is_missing() {
     let (_, table) = simple_table("p_v_nopub");
@@ -48,6 +49,7 @@ async fn startup_fails_when_the_publication_is_missing() {
     sc.cleanup().await;
 }
 
+/// A published table the topic map leaves out: startup fails naming the table and the topic map.
 #[tokio::test]
 async fn startup_fails_for_a_published_table_without_a_topic_map_entry() {
     let (_, table) = simple_table("p_v_mapped");
@@ -59,6 +61,8 @@ async fn startup_fails_for_a_published_table_without_a_topic_map_entry() {
     sc.cleanup().await;
 }
 
+/// A topic-map table the publication does not publish: startup fails showing `ALTER PUBLICATION ...
+/// ADD TABLE`.
 #[tokio::test]
 async fn startup_fails_for_a_topic_map_entry_whose_table_is_not_published() {
     let (_, table) = simple_table("p_v_pub");
@@ -73,6 +77,7 @@ async fn startup_fails_for_a_topic_map_entry_whose_table_is_not_published() {
     sc.cleanup().await;
 }
 
+/// A partition key naming a column the table lacks: startup fails naming table and column.
 #[tokio::test]
 async fn startup_fails_for_a_partition_key_column_that_does_not_exist() {
     let (t, table) = simple_table("p_v_nocol");
@@ -83,6 +88,8 @@ async fn startup_fails_for_a_partition_key_column_that_does_not_exist() {
     sc.cleanup().await;
 }
 
+/// A partition key with a nullable column: startup fails naming only that column and showing `SET
+/// NOT NULL`.
 #[tokio::test]
 async fn startup_fails_for_a_nullable_partition_key_column() {
     let (t, table) = simple_table("p_v_null");
@@ -94,6 +101,8 @@ async fn startup_fails_for_a_nullable_partition_key_column() {
     sc.cleanup().await;
 }
 
+/// A published table with REPLICA IDENTITY DEFAULT: startup fails showing the `ALTER TABLE ...
+/// REPLICA IDENTITY FULL` fix.
 #[tokio::test]
 async fn startup_fails_when_replica_identity_is_not_full() {
     let (t, table) = simple_table("p_v_ident");
@@ -105,6 +114,8 @@ async fn startup_fails_when_replica_identity_is_not_full() {
     sc.cleanup().await;
 }
 
+/// An empty partition key on a table without a primary key: startup fails, since no key could be
+/// made.
 #[tokio::test]
 async fn startup_fails_for_an_empty_partition_key_on_a_table_without_primary_key() {
     let t = unique_name("p_v_nopk");
@@ -115,6 +126,8 @@ async fn startup_fails_for_an_empty_partition_key_on_a_table_without_primary_key
     sc.cleanup().await;
 }
 
+/// The slot exists with `test_decoding`: startup fails with a configuration error showing how to
+/// drop it.
 #[tokio::test]
 async fn startup_fails_for_an_existing_slot_of_another_plugin() {
     let (_, table) = simple_table("p_v_plugin");
@@ -125,6 +138,8 @@ async fn startup_fails_for_an_existing_slot_of_another_plugin() {
     sc.cleanup().await;
 }
 
+/// A publication with a column list that leaves out a key column: startup fails naming it and
+/// `ALTER PUBLICATION`.
 #[tokio::test]
 async fn startup_fails_when_the_publication_publishes_only_some_columns() {
     let (t, table) = simple_table("p_v_collist");

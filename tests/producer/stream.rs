@@ -31,6 +31,9 @@ fn by_transaction(ops: &[ReplicationOp]) -> Vec<Vec<&ReplicationOp>> {
     txs
 }
 
+/// Inserts, updates (also of the key), deletes and a multi-row transaction on a table keyed by
+/// (region, id): each arrives once, with its commit LSN, a contiguous seq_id and its key, from a
+/// `pgoutput` slot.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_op_type_arrives_once_with_commit_lsn_seq_id_and_key() {
     pgkafka_tests::init_tracing();
@@ -107,6 +110,8 @@ async fn every_op_type_arrives_once_with_commit_lsn_seq_id_and_key() {
     sc.cleanup().await;
 }
 
+/// One transaction over three tables: its changes carry one commit LSN and seq_ids 0.. without gaps
+/// across the tables' topics.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_multi_table_transaction_numbers_its_changes_contiguously_across_tables() {
     pgkafka_tests::init_tracing();
@@ -167,6 +172,8 @@ async fn a_multi_table_transaction_numbers_its_changes_contiguously_across_table
     sc.cleanup().await;
 }
 
+/// Values of many types with NULLs, quotes, braces, newlines, unicode and a quoted column name:
+/// each arrives as PostgreSQL's output function prints it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn text_values_nulls_unicode_and_punctuation_arrive_as_postgres_prints_them() {
     pgkafka_tests::init_tracing();
@@ -252,6 +259,8 @@ async fn text_values_nulls_unicode_and_punctuation_arrive_as_postgres_prints_the
     sc.cleanup().await;
 }
 
+/// Large TOASTed values, updated and left unchanged by later updates: every record carries them
+/// whole.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn toasted_values_arrive_whole_when_updated_and_when_left_unchanged() {
     pgkafka_tests::init_tracing();
@@ -306,6 +315,8 @@ async fn toasted_values_arrive_whole_when_updated_and_when_left_unchanged() {
     sc.cleanup().await;
 }
 
+/// Columns added and dropped between and inside transactions: the following records show the new
+/// columns, and the producer keeps running.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn added_and_dropped_columns_show_in_the_following_records_without_a_restart() {
     pgkafka_tests::init_tracing();
@@ -356,6 +367,8 @@ async fn added_and_dropped_columns_show_in_the_following_records_without_a_resta
     sc.cleanup().await;
 }
 
+/// Random transactions updating rows of 12 keys over 4 partitions, some moving rows to another key:
+/// each key's changes stay in one partition, in commit order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn changes_of_one_key_go_to_one_partition_in_commit_order() {
     pgkafka_tests::init_tracing();
@@ -401,6 +414,8 @@ async fn changes_of_one_key_go_to_one_partition_in_commit_order() {
     sc.cleanup().await;
 }
 
+/// A public table and a schema-qualified one, both keyed by their primary key (in key order, not
+/// column order): names, topics and keys are right.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn schema_qualified_tables_and_primary_key_partitioning() {
     pgkafka_tests::init_tracing();
@@ -440,6 +455,8 @@ async fn schema_qualified_tables_and_primary_key_partitioning() {
     sc.cleanup().await;
 }
 
+/// `max_in_flight(3)` with a 500-row transaction, so reading pauses mid-transaction again and
+/// again: everything arrives once, in order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tiny_in_flight_window_still_delivers_everything_once_in_order() {
     pgkafka_tests::init_tracing();

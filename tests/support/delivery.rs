@@ -140,6 +140,8 @@ mod tests {
         .is_err()
     }
 
+    /// Exact and crash-re-sent deliveries pass; a missing, reordered, late-filled, altered,
+    /// misrouted or foreign record fails.
     #[test]
     fn accepts_exact_and_re_sent_deliveries_and_rejects_broken_ones() {
         let a = op(10, 0, "1");

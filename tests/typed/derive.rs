@@ -39,6 +39,8 @@ async fn rows_as_text(pg: &tokio_postgres::Client, query: &str) -> (Vec<String>,
     (columns, rows)
 }
 
+/// A row of every supported type, with extra columns before and after, decodes by column name into
+/// a derived struct; a NULL, a wrong type and a missing column are errors naming table and column.
 #[tokio::test]
 async fn a_derived_struct_decodes_a_real_row_by_column_name() {
     let pg = pg_client().await;

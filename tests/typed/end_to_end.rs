@@ -112,6 +112,9 @@ async fn create_shared_table(pg: &tokio_postgres::Client) {
     panic!("cannot create typed_e2e_inventory");
 }
 
+/// The real producer streams a derived type's table (topic map from the derive) to a typed router
+/// under the basic consumer: keys are the partition-key values, and each organization's changes
+/// arrive in commit order.
 #[tokio::test]
 async fn the_real_producer_feeds_a_typed_consumer() {
     pgkafka_tests::init_tracing();

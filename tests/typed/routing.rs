@@ -79,6 +79,8 @@ impl TableHandler<Inventory> for Recorder {
     }
 }
 
+/// Ops of two tables (one schema-qualified, one also as `public.`) read back from Kafka: the router
+/// hands each handler its typed rows, and reports its topics and topic map.
 #[tokio::test]
 async fn a_router_hands_typed_rows_of_each_table_to_its_handler() {
     let inv_cols = ["org_id", "sku", "quantity", "added_later"];
@@ -128,6 +130,8 @@ async fn a_router_hands_typed_rows_of_each_table_to_its_handler() {
     );
 }
 
+/// An op of an unrouted table is a fatal `UnhandledTable` unless ignored or sent to a fallback; a
+/// row that does not decode names its column; a table routed twice is a configuration error.
 #[tokio::test]
 async fn unknown_tables_stop_the_consumer_unless_ignored_and_bad_rows_name_their_column() {
     let ops = through_kafka(
@@ -211,6 +215,8 @@ impl IdempotentTableHandler<Inventory> for Mirror {
     }
 }
 
+/// An idempotent router's handlers write through the given transaction: a failing handler's writes
+/// roll back, and an unrouted table is an error.
 #[tokio::test]
 async fn an_idempotent_router_writes_through_the_consumers_transaction() {
     let pool = sqlx::PgPool::connect(&env().database_url).await.unwrap();
@@ -260,6 +266,8 @@ fn consumer<A>(group: &str, topic: &str, app: A) -> Consumer<A> {
         .commit_interval(Duration::from_millis(200))
 }
 
+/// A typed router as the basic consumer's application: 20 inserts handled in offset order, each
+/// once.
 #[tokio::test]
 async fn a_typed_router_runs_under_the_basic_consumer() {
     let topic = unique_name("typed_basic");
@@ -288,6 +296,8 @@ async fn a_typed_router_runs_under_the_basic_consumer() {
     assert_eq!(*inventory.0.lock().unwrap(), expected, "one partition: in offset order, each once");
 }
 
+/// A row whose key column does not decode: the basic consumer stops with the decode error naming
+/// column and value, after handling only the rows before it.
 #[tokio::test]
 async fn a_row_that_does_not_decode_stops_the_basic_consumer_with_its_context() {
     let topic = unique_name("typed_poison");
@@ -316,6 +326,8 @@ async fn a_row_that_does_not_decode_stops_the_basic_consumer_with_its_context() 
     assert_eq!(*inventory.0.lock().unwrap(), ["insert 1 fine None"]);
 }
 
+/// A typed router under the idempotent consumer with a re-sent op: each row written once (a second
+/// insert would violate the primary key).
 #[tokio::test]
 async fn an_idempotent_router_runs_under_the_idempotent_consumer_exactly_once() {
     let pool = sqlx::PgPool::connect(&env().database_url).await.unwrap();

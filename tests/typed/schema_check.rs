@@ -31,6 +31,8 @@ struct Nowhere {
     id: i64,
 }
 
+/// Derived types against a live table: one that fits passes; a non-Option field for a nullable
+/// column and a missing column are both reported; a missing schema names the table.
 #[tokio::test]
 async fn derived_types_are_checked_against_the_live_table() {
     let pg = pg_client().await;

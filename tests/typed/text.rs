@@ -70,6 +70,7 @@ async fn rejected<T: FromPgText + Debug>(sql_type: &str, session: &str, literal:
     assert!(err.reason().contains(reason), "{sql_type} {literal} ({text:?}): error {err:?} does not mention {reason:?}");
 }
 
+/// Booleans and every integer type at their limits parse back from PostgreSQL's text.
 #[tokio::test]
 async fn booleans_and_integers_round_trip() {
     round_trip("boolean", &[("true", true), ("false", false)]).await;
@@ -79,6 +80,8 @@ async fn booleans_and_integers_round_trip() {
     round_trip("oid", &[("4294967295", u32::MAX)]).await;
 }
 
+/// Floats with NaN, infinities, -0, subnormals and shortest round-trip digits parse back bit for
+/// bit, also with `extra_float_digits = 0`.
 #[tokio::test]
 async fn floats_round_trip_with_special_values() {
     let same_f64 = |a: &f64, b: &f64| a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan());
@@ -121,6 +124,8 @@ async fn floats_round_trip_with_special_values() {
     round_trip_with("double precision", "SET extra_float_digits = 0;", &[("0.5", 0.5f64)], |a, b| a == b).await;
 }
 
+/// Text, varchar, char(n) (with its padding), "char" and name with quotes, backslashes, newlines
+/// and unicode parse back unchanged.
 #[tokio::test]
 async fn text_and_character_types_round_trip() {
     let tricky = ["", "hello", "ünï 日本語 ✓", "back\\slash \"quotes\" 'single'", "line\nbreak\ttab", "  padded  ", "NULL", "{a,b}"];
@@ -135,6 +140,7 @@ async fn text_and_character_types_round_trip() {
     round_trip("name", &[("'pg_class'", "pg_class".to_owned())]).await;
 }
 
+/// bytea with every byte value parses back in both the hex and the escape output format.
 #[tokio::test]
 async fn bytea_round_trips_in_both_output_formats() {
     let all_bytes: Vec<u8> = (0..=255).collect();
@@ -147,6 +153,8 @@ async fn bytea_round_trips_in_both_output_formats() {
     round_trip_with("bytea", "SET bytea_output = 'escape';", &cases, |a: &Vec<u8>, b| a == b).await;
 }
 
+/// Arrays with quotes, NULLs, the text NULL, empty strings and explicit bounds parse back;
+/// multi-dimensional arrays and NULLs into non-Option elements are rejected.
 #[tokio::test]
 async fn arrays_round_trip_with_quotes_nulls_and_bounds() {
     round_trip(
@@ -188,6 +196,7 @@ async fn arrays_round_trip_with_quotes_nulls_and_bounds() {
     rejected::<Vec<i32>>("int[]", "", "'{1,NULL}'", "NULL").await;
 }
 
+/// json and jsonb parse back as `serde_json::Value` and into a struct through `Json<T>`.
 #[tokio::test]
 async fn json_and_jsonb_round_trip() {
     let value = serde_json::json!({"a": [1, 2.5, {"b": null}], "s": "ü \"q\" \\", "t": true});
@@ -203,6 +212,7 @@ async fn json_and_jsonb_round_trip() {
     round_trip("jsonb", &[(r#"'{"h": 2, "w": 1, "extra": 0}'"#, Json(Dims { w: 1, h: 2 }))]).await;
 }
 
+/// UUIDs written in upper case parse back.
 #[tokio::test]
 async fn uuids_round_trip() {
     let id = uuid::Uuid::parse_str("a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11").unwrap();
@@ -213,6 +223,8 @@ async fn uuids_round_trip() {
     .await;
 }
 
+/// Numerics at `Decimal`'s limits parse back with their scale; NaN and values beyond `Decimal` are
+/// rejected by name.
 #[tokio::test]
 async fn numerics_round_trip_and_nan_is_rejected() {
     use rust_decimal::Decimal;
@@ -236,6 +248,8 @@ async fn numerics_round_trip_and_nan_is_rejected() {
     rejected::<Decimal>("numeric", "", "79228162514264337593543950336", "fits").await;
 }
 
+/// chrono dates, times and timestamps, and timestamptz in zones with hour, minute and second
+/// offsets, parse back; BC, infinity and out-of-range values are rejected by name.
 #[tokio::test]
 async fn chrono_dates_times_and_timestamps_round_trip() {
     use chrono::{DateTime, FixedOffset, NaiveDate, NaiveDateTime, NaiveTime, Utc};
@@ -300,6 +314,8 @@ async fn chrono_dates_times_and_timestamps_round_trip() {
     rejected::<NaiveDateTime>("timestamptz", "SET TimeZone = 'UTC';", "'2024-01-01 00:00:00+00'", "timestamptz").await;
 }
 
+/// The `time` crate's dates, times and timestamps, and timestamptz in several zones, parse back; BC
+/// and out-of-range dates are rejected.
 #[tokio::test]
 async fn time_crate_dates_times_and_timestamps_round_trip() {
     use time::macros::{date, datetime, time};
