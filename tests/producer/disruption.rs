@@ -11,11 +11,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use pgkafka_tests::disrupt::{exclusive_services, restart_postgres, BrokerPause};
-use pgkafka_tests::delivery::verify_delivery;
 use pgkafka_tests::producer_task::RunningProducer;
 use pgkafka_tests::rng::Rng;
-use pgkafka_tests::topics::wait_delivered;
-use pgkafka_tests::reference::all_ops;
 use pgkafka_tests::{env, pg_client, unique_name};
 
 use super::crash::{workload, Workload};
@@ -80,14 +77,11 @@ async fn the_producer_rides_out_a_broker_pause_and_a_postgres_restart() {
     tokio::time::sleep(Duration::from_millis(rng.range(500, 2000))).await;
     stop.store(true, Ordering::Relaxed);
     let written = writer.await.unwrap();
-    let txs = sc.expected().await;
-    let ops = all_ops(&txs);
-    let records = wait_delivered(&sc.topics, &ops, Duration::from_secs(180)).await;
-    let delivery = verify_delivery(&records, &ops, &sc.routes);
+    let (_, _, delivery) = sc.delivered(Duration::from_secs(180)).await;
     assert!(!producer.is_finished(), "the producer stopped during the broker pause");
     println!(
         "broker pause: {written} transactions, {} changes, {} re-sent, {:?}",
-        ops.len(),
+        delivery.distinct,
         delivery.duplicates,
         started.elapsed()
     );
@@ -103,14 +97,11 @@ async fn the_producer_rides_out_a_broker_pause_and_a_postgres_restart() {
     tokio::time::sleep(Duration::from_millis(rng.range(1000, 3000))).await;
     stop.store(true, Ordering::Relaxed);
     let written = writer.await.unwrap();
-    let txs = sc.expected().await;
-    let ops = all_ops(&txs);
-    let records = wait_delivered(&sc.topics, &ops, Duration::from_secs(180)).await;
-    let delivery = verify_delivery(&records, &ops, &sc.routes);
+    let (_, _, delivery) = sc.delivered(Duration::from_secs(180)).await;
     assert!(!producer.is_finished(), "the producer stopped after the PostgreSQL restart");
     println!(
         "postgres restart: {written} more transactions, {} changes in all, {} re-sent, {:?}",
-        ops.len(),
+        delivery.distinct,
         delivery.duplicates,
         started.elapsed()
     );
@@ -141,13 +132,10 @@ async fn the_producer_rides_out_a_broker_pause_and_a_postgres_restart() {
         pause.resume();
     }
     let producer = RunningProducer::start(sc.builder().build(), &sc.slot).await;
-    let txs = sc.expected().await;
-    let ops = all_ops(&txs);
-    let records = wait_delivered(&sc.topics, &ops, Duration::from_secs(180)).await;
-    let delivery = verify_delivery(&records, &ops, &sc.routes);
+    let (_, _, delivery) = sc.delivered(Duration::from_secs(180)).await;
     println!(
         "shutdown during a broker pause: {} changes in all, {} re-sent, {:?}",
-        ops.len(),
+        delivery.distinct,
         delivery.duplicates,
         started.elapsed()
     );
