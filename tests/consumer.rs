@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use pgkafka::Consumer;
 use pgkafka_tests::consuming::tagged_op;
-use pgkafka_tests::{env, kafka_config};
+use pgkafka_tests::{create_topic, env, kafka_config, unique_name};
 use rdkafka::consumer::{BaseConsumer, Consumer as _};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
@@ -135,6 +135,13 @@ async fn committed(group: &str, topic: &str, partitions: i32) -> Vec<i64> {
     })
     .await
     .unwrap()
+}
+
+/// A new topic of `partitions` partitions, and a group name of its own, both from `prefix`.
+async fn topic_and_group(prefix: &str, partitions: i32) -> (String, String) {
+    let topic = unique_name(prefix);
+    create_topic(&topic, partitions).await;
+    (topic, unique_name(&format!("{prefix}_g")))
 }
 
 fn test_consumer<A>(group: &str, topic: &str, app: A) -> Consumer<A> {

@@ -7,10 +7,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use pgkafka::{async_trait::async_trait, BasicApplication, ConsumerError, ReplicationOp};
+use pgkafka_tests::consumer_task::RunningConsumer;
 use pgkafka_tests::consuming::tag_and_i;
-use pgkafka_tests::{create_topic, init_tracing, unique_name, wait_for};
+use pgkafka_tests::{init_tracing, wait_for};
 
-use super::{committed, feeder, send, stream_op, test_consumer};
+use super::{committed, feeder, send, stream_op, test_consumer, topic_and_group};
 
 /// Records what it handles, and whether handlers of one partition ever overlapped.
 #[derive(Default)]
@@ -80,18 +81,15 @@ impl BasicApplication for Recorder {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn basic_handles_each_partition_in_order_and_partitions_concurrently() {
     init_tracing();
-    let (topic, group) = (unique_name("cons_order"), unique_name("cons_order_g"));
-    create_topic(&topic, 4).await;
+    let (topic, group) = topic_and_group("cons_order", 4).await;
     let records: Vec<_> = (0..50).flat_map(|i| (0..4).map(move |p| (p, stream_op(p, i)))).collect();
     send(&feeder(), &topic, &records).await;
 
     let app = Arc::new(Recorder { delay: Duration::from_millis(2), ..Recorder::default() });
     let consumer = test_consumer(&group, &topic, Arc::clone(&app));
-    let stop = consumer.shutdown_handle();
-    let task = tokio::spawn(consumer.start_basic());
+    let running = RunningConsumer::basic(consumer);
     wait_for("200 ops handled", Duration::from_secs(60), || async { (app.handled().len() >= 200).then_some(()) }).await;
-    stop.shutdown();
-    task.await.unwrap().unwrap();
+    running.stop().await.unwrap();
 
     for p in 0..4 {
         assert_eq!(app.handled_of(p), (0..50).collect::<Vec<_>>(), "partition {p} out of order or incomplete");
@@ -108,18 +106,15 @@ async fn basic_handles_each_partition_in_order_and_partitions_concurrently() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn basic_retries_a_transient_error_in_place() {
     init_tracing();
-    let (topic, group) = (unique_name("cons_retry"), unique_name("cons_retry_g"));
-    create_topic(&topic, 2).await;
+    let (topic, group) = topic_and_group("cons_retry", 2).await;
     let records: Vec<_> = (0..20).flat_map(|i| (0..2).map(move |p| (p, stream_op(p, i)))).collect();
     send(&feeder(), &topic, &records).await;
 
     let app = Arc::new(Recorder { transient: Some((0, 5, 3)), ..Recorder::default() });
     let consumer = test_consumer(&group, &topic, Arc::clone(&app));
-    let stop = consumer.shutdown_handle();
-    let task = tokio::spawn(consumer.start_basic());
+    let running = RunningConsumer::basic(consumer);
     wait_for("40 ops handled", Duration::from_secs(60), || async { (app.handled().len() >= 40).then_some(()) }).await;
-    stop.shutdown();
-    task.await.unwrap().unwrap();
+    running.stop().await.unwrap();
 
     let mut expected: Vec<i64> = (0..5).collect();
     expected.extend([5, 5, 5]);
@@ -134,8 +129,7 @@ async fn basic_retries_a_transient_error_in_place() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn basic_fatal_error_stops_and_commits_exactly_what_was_handled() {
     init_tracing();
-    let (topic, group) = (unique_name("cons_fatal"), unique_name("cons_fatal_g"));
-    create_topic(&topic, 3).await;
+    let (topic, group) = topic_and_group("cons_fatal", 3).await;
     let records: Vec<_> = (0..30).flat_map(|i| (0..3).map(move |p| (p, stream_op(p, i)))).collect();
     send(&feeder(), &topic, &records).await;
 
@@ -161,14 +155,12 @@ async fn basic_fatal_error_stops_and_commits_exactly_what_was_handled() {
     // The group resumes exactly there.
     let again = Arc::new(Recorder::default());
     let consumer = test_consumer(&group, &topic, Arc::clone(&again));
-    let stop = consumer.shutdown_handle();
-    let task = tokio::spawn(consumer.start_basic());
+    let running = RunningConsumer::basic(consumer);
     wait_for("partition 1 finished", Duration::from_secs(60), || async {
         (again.handled_of(1).last() == Some(&29)).then_some(())
     })
     .await;
-    stop.shutdown();
-    task.await.unwrap().unwrap();
+    running.stop().await.unwrap();
     assert_eq!(again.handled_of(1), (12..30).collect::<Vec<_>>());
 }
 
@@ -177,8 +169,7 @@ async fn basic_fatal_error_stops_and_commits_exactly_what_was_handled() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn basic_stuck_partition_is_paused_without_blocking_others_or_losing_records() {
     init_tracing();
-    let (topic, group) = (unique_name("cons_stuck"), unique_name("cons_stuck_g"));
-    create_topic(&topic, 2).await;
+    let (topic, group) = topic_and_group("cons_stuck", 2).await;
     let mut records: Vec<_> = (0..2500).map(|i| (0, stream_op(0, i))).collect();
     records.extend((0..100).map(|i| (1, stream_op(1, i))));
     send(&feeder(), &topic, &records).await;
@@ -186,13 +177,11 @@ async fn basic_stuck_partition_is_paused_without_blocking_others_or_losing_recor
     let app = Arc::new(Recorder { transient: Some((0, 0, 60)), ..Recorder::default() });
     // Below the 2,500 records of partition 0, so its pause and resume are exercised.
     let consumer = test_consumer(&group, &topic, Arc::clone(&app)).max_queued_per_partition(1000);
-    let stop = consumer.shutdown_handle();
-    let task = tokio::spawn(consumer.start_basic());
+    let running = RunningConsumer::basic(consumer);
     wait_for("partition 1 handled", Duration::from_secs(60), || async { (app.handled_of(1).len() == 100).then_some(()) }).await;
     assert!(app.handled_of(0).is_empty(), "partition 0 should still be stuck on its first op");
     wait_for("partition 0 handled", Duration::from_secs(90), || async { (app.handled_of(0).len() >= 2500).then_some(()) }).await;
-    stop.shutdown();
-    task.await.unwrap().unwrap();
+    running.stop().await.unwrap();
     assert_eq!(app.handled_of(0), (0..2500).collect::<Vec<_>>());
     assert_eq!(committed(&group, &topic, 2).await, vec![2500, 100]);
 }

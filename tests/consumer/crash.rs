@@ -4,9 +4,9 @@
 use std::time::{Duration, Instant};
 
 use pgkafka_tests::consuming::{assert_exactly_once_in_order, create_sink_table, sink_count};
-use pgkafka_tests::{create_topic, env, init_tracing, pg_client, unique_name};
+use pgkafka_tests::{env, init_tracing, pg_client};
 
-use super::{as_vec, committed, feed_in_rounds};
+use super::{as_vec, committed, feed_in_rounds, topic_and_group};
 
 /// SIGKILLs a consumer process at random points while a stream with duplicates and re-sends flows.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -16,8 +16,7 @@ async fn sigkilled_idempotent_consumers_apply_every_op_exactly_once() {
     const N: i64 = 500;
     const KILLS: usize = 6;
     init_tracing();
-    let (topic, group) = (unique_name("cons_crash"), unique_name("cons_crash_g"));
-    create_topic(&topic, PARTITIONS).await;
+    let (topic, group) = topic_and_group("cons_crash", PARTITIONS).await;
     let table = create_sink_table().await;
 
     // The stream flows in 50 rounds over about 40 s, with re-sends, and a "producer restart"

@@ -6,10 +6,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use pgkafka::Lsn;
+use pgkafka_tests::consumer_task::RunningConsumer;
 use pgkafka_tests::consuming::{assert_exactly_once_in_order, create_sink_table, sink_count, Sink};
-use pgkafka_tests::{create_topic, env, init_tracing, pg_client, unique_name, wait_for};
+use pgkafka_tests::{env, init_tracing, pg_client, unique_name, wait_for};
 
-use super::{as_vec, committed, feed_in_rounds, feeder, send, stream_op, stream_with_resends, test_consumer, HIGH_LSN};
+use super::{
+    as_vec, committed, feed_in_rounds, feeder, send, stream_op, stream_with_resends, test_consumer, topic_and_group, HIGH_LSN,
+};
 
 /// A stream with re-sends, a handler failing once after its insert (the batch rolls back), then the
 /// whole stream again: each op applied once, in order, and the state rows (in a custom schema and
@@ -17,8 +20,7 @@ use super::{as_vec, committed, feed_in_rounds, feeder, send, stream_op, stream_w
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idempotent_applies_each_op_once_through_resends_and_rollbacks() {
     init_tracing();
-    let (topic, group) = (unique_name("cons_idem"), unique_name("cons_idem_g"));
-    create_topic(&topic, 3).await;
+    let (topic, group) = topic_and_group("cons_idem", 3).await;
     let table = create_sink_table().await;
     let schema = unique_name("cons_state");
     pg_client().await.batch_execute(&format!("CREATE SCHEMA {schema}")).await.unwrap();
@@ -27,9 +29,7 @@ async fn idempotent_applies_each_op_once_through_resends_and_rollbacks() {
 
     let sink = Arc::new(Sink::new(&table).fail_once_after_insert(0, 17));
     let consumer = test_consumer(&group, &topic, Arc::clone(&sink)).state_schema(&schema).state_table("Progress");
-    let stop = consumer.shutdown_handle();
-    let url = env().database_url.clone();
-    let task = tokio::spawn(async move { consumer.start_idempotent(&url).await });
+    let running = RunningConsumer::idempotent(consumer, &env().database_url);
     wait_for("180 rows", Duration::from_secs(60), || async { (sink_count(&table).await >= 180).then_some(()) }).await;
 
     // The whole stream again, as a producer restarted from an old slot position would send it:
@@ -39,8 +39,7 @@ async fn idempotent_applies_each_op_once_through_resends_and_rollbacks() {
         (committed(&group, &topic, 3).await == end).then_some(())
     })
     .await;
-    stop.shutdown();
-    task.await.unwrap().unwrap();
+    running.stop().await.unwrap();
 
     assert!(sink.failed(), "the transient failure did not happen");
     assert_exactly_once_in_order(&table, 3, 60).await;
@@ -65,17 +64,12 @@ async fn two_idempotent_consumers_in_one_group_apply_each_op_once() {
     const PARTITIONS: i32 = 4;
     const N: i64 = 300;
     init_tracing();
-    let (topic, group) = (unique_name("cons_pair"), unique_name("cons_pair_g"));
-    create_topic(&topic, PARTITIONS).await;
+    let (topic, group) = topic_and_group("cons_pair", PARTITIONS).await;
     let table = create_sink_table().await;
     let feed = feed_in_rounds(&topic, PARTITIONS, 30, Duration::from_millis(500), None);
 
-    let url = env().database_url.clone();
     let first = Arc::new(Sink::new(&table));
-    let consumer_a = test_consumer(&group, &topic, Arc::clone(&first)).batch_size(20);
-    let stop_a = consumer_a.shutdown_handle();
-    let url_a = url.clone();
-    let task_a = tokio::spawn(async move { consumer_a.start_idempotent(&url_a).await });
+    let consumer_a = RunningConsumer::idempotent(test_consumer(&group, &topic, Arc::clone(&first)).batch_size(20), &env().database_url);
     wait_for("the first consumer at work", Duration::from_secs(60), || async {
         (first.applied() > 0).then_some(())
     })
@@ -83,15 +77,12 @@ async fn two_idempotent_consumers_in_one_group_apply_each_op_once() {
 
     // The second joins mid-stream, takes some partitions, works, and leaves mid-stream.
     let second = Arc::new(Sink::new(&table));
-    let consumer_b = test_consumer(&group, &topic, Arc::clone(&second)).batch_size(20);
-    let stop_b = consumer_b.shutdown_handle();
-    let task_b = tokio::spawn(async move { consumer_b.start_idempotent(&url).await });
+    let consumer_b = RunningConsumer::idempotent(test_consumer(&group, &topic, Arc::clone(&second)).batch_size(20), &env().database_url);
     wait_for("the second consumer at work", Duration::from_secs(60), || async {
         (second.applied() >= 30).then_some(())
     })
     .await;
-    stop_b.shutdown();
-    task_b.await.unwrap().unwrap();
+    consumer_b.stop().await.unwrap();
     assert!(!feed.is_finished(), "the stream ended before the second consumer left; the test proves nothing");
 
     let end = as_vec(&feed.await.unwrap(), PARTITIONS);
@@ -101,8 +92,7 @@ async fn two_idempotent_consumers_in_one_group_apply_each_op_once() {
         (committed(&group, &topic, PARTITIONS).await == end).then_some(())
     })
     .await;
-    stop_a.shutdown();
-    task_a.await.unwrap().unwrap();
+    consumer_a.stop().await.unwrap();
     println!("first applied {}, second {}", first.applied(), second.applied());
     assert_exactly_once_in_order(&table, PARTITIONS, N).await;
 }
@@ -115,21 +105,16 @@ async fn concurrent_instances_on_the_same_partitions_apply_each_op_once() {
     const PARTITIONS: i32 = 3;
     const N: i64 = 150;
     init_tracing();
-    let (topic, group) = (unique_name("cons_zombie"), unique_name("cons_zombie_g"));
-    create_topic(&topic, PARTITIONS).await;
+    let (topic, group) = topic_and_group("cons_zombie", PARTITIONS).await;
     let table = create_sink_table().await;
     let end = as_vec(&send(&feeder(), &topic, &stream_with_resends(PARTITIONS, 0, N)).await, PARTITIONS);
 
-    let url = env().database_url.clone();
     let zombie_group = format!("{group}_zombie");
-    let mut tasks = Vec::new();
-    let mut stops = Vec::new();
+    let mut instances = Vec::new();
     for kafka_group in [group.clone(), zombie_group.clone()] {
         let sink = Arc::new(Sink::new(&table).pause(Duration::from_millis(3)));
         let consumer = test_consumer(&group, &topic, sink).kafka_option("group.id", &kafka_group).batch_size(10);
-        stops.push(consumer.shutdown_handle());
-        let url = url.clone();
-        tasks.push(tokio::spawn(async move { consumer.start_idempotent(&url).await }));
+        instances.push(RunningConsumer::idempotent(consumer, &env().database_url));
     }
     for kafka_group in [&group, &zombie_group] {
         wait_for("both instances through the whole topic", Duration::from_secs(90), || async {
@@ -137,11 +122,8 @@ async fn concurrent_instances_on_the_same_partitions_apply_each_op_once() {
         })
         .await;
     }
-    for stop in stops {
-        stop.shutdown();
-    }
-    for task in tasks {
-        task.await.unwrap().unwrap();
+    for instance in instances {
+        instance.stop().await.unwrap();
     }
     assert_exactly_once_in_order(&table, PARTITIONS, N).await;
 }
@@ -153,22 +135,18 @@ async fn concurrent_instances_on_the_same_partitions_apply_each_op_once() {
 #[ignore = "a measurement, not a test"]
 async fn measure_idempotent_batching() {
     for batch in [100usize, 1] {
-        let (topic, group) = (unique_name("cons_meas"), unique_name("cons_meas_g"));
-        create_topic(&topic, 4).await;
+        let (topic, group) = topic_and_group("cons_meas", 4).await;
         let table = create_sink_table().await;
         let records: Vec<_> = (0..2500).flat_map(|i| (0..4).map(move |p| (p, stream_op(p, i)))).collect();
         send(&feeder(), &topic, &records).await;
         let sink = Arc::new(Sink::new(&table));
         let consumer = test_consumer(&group, &topic, Arc::clone(&sink)).batch_size(batch);
-        let stop = consumer.shutdown_handle();
-        let url = env().database_url.clone();
-        let task = tokio::spawn(async move { consumer.start_idempotent(&url).await });
+        let running = RunningConsumer::idempotent(consumer, &env().database_url);
         wait_for("the first op", Duration::from_secs(60), || async { (sink.applied() > 0).then_some(()) }).await;
         let (started, before) = (Instant::now(), sink.applied());
         wait_for("every op", Duration::from_secs(300), || async { (sink.applied() >= 10_000).then_some(()) }).await;
         let rate = (10_000 - before) as f64 / started.elapsed().as_secs_f64();
         println!("idempotent consumer, batch_size {batch}: {rate:.0} ops/s");
-        stop.shutdown();
-        task.await.unwrap().unwrap();
+        running.stop().await.unwrap();
     }
 }

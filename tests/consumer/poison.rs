@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use pgkafka::consumer::InvalidMessagePolicy;
 use pgkafka::{Consumer, ConsumerError};
+use pgkafka_tests::consumer_task::RunningConsumer;
 use pgkafka_tests::{create_topic, env, init_tracing, kafka_config, read_topic, unique_name, wait_for};
 use rdkafka::consumer::{BaseConsumer, Consumer as _};
 use rdkafka::message::{Headers as _, Message as _};
@@ -64,15 +65,13 @@ async fn poison_messages_are_skipped_or_dead_lettered_on_request() {
         let group = unique_name("cons_poison_skip_g");
         let app = Arc::new(Recorder::default());
         let consumer = test_consumer(&group, &topic, Arc::clone(&app)).invalid_message_policy(policy.clone());
-        let stop = consumer.shutdown_handle();
-        let task = tokio::spawn(consumer.start_basic());
+        let running = RunningConsumer::basic(consumer);
         wait_for("20 ops handled", Duration::from_secs(60), || async { (app.handled().len() >= 20).then_some(()) }).await;
         wait_for("offsets committed past the poison", Duration::from_secs(30), || async {
             (committed(&group, &topic, 2).await == vec![12, 10]).then_some(())
         })
         .await;
-        stop.shutdown();
-        task.await.unwrap().unwrap_or_else(|e| panic!("{policy:?}: {e}"));
+        running.stop().await.unwrap_or_else(|e| panic!("{policy:?}: {e}"));
         assert_eq!(app.handled_of(0), (0..10).collect::<Vec<_>>(), "{policy:?}");
     }
 

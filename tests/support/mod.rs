@@ -13,6 +13,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rdkafka::ClientConfig;
 
+pub mod consumer_task;
 pub mod consuming;
 pub mod delivery;
 pub mod disrupt;

@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use pgkafka::typed::{Router, TableHandler};
 use pgkafka::{async_trait::async_trait, Consumer, ConsumerError, Producer, ReplicatedTable};
+use pgkafka_tests::consumer_task::RunningConsumer;
 use pgkafka_tests::producer_task::RunningProducer;
 use pgkafka_tests::slots::drop_slot;
 use pgkafka_tests::{create_topic, env, kafka_config, pg_client, unique_name, wait_for, Record};
@@ -166,16 +167,14 @@ async fn the_real_producer_feeds_a_typed_consumer() {
     let consumer = Consumer::new(unique_name("typed_e2e_group"), [topic.as_str()], env().brokers.as_str(), router)
         .kafka_option("session.timeout.ms", "6000")
         .kafka_option("heartbeat.interval.ms", "500");
-    let stop_consumer = consumer.shutdown_handle();
-    let consuming = tokio::spawn(consumer.start_basic());
+    let consuming = RunningConsumer::basic(consumer);
     let events = seen.events.clone();
     wait_for("the typed handler to see the run's 4 changes", Duration::from_secs(60), || {
         let n = events.lock().unwrap().len();
         async move { (n >= 4).then_some(()) }
     })
     .await;
-    stop_consumer.shutdown();
-    consuming.await.unwrap().unwrap();
+    consuming.stop().await.unwrap();
     running.stop().await.unwrap();
 
     // Each organization's changes are in one partition, so in commit order; the two

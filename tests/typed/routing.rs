@@ -9,6 +9,7 @@ use pgkafka::{
     async_trait::async_trait, BasicApplication, Change, Consumer, ConsumerError, DecodeError, IdempotentApplication,
     Lsn, ReplicatedTable, ReplicationOp, TypedOp,
 };
+use pgkafka_tests::consumer_task::RunningConsumer;
 use pgkafka_tests::{create_topic, env, kafka_config, read_topic, unique_name};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use sqlx::{Postgres, Transaction};
@@ -189,6 +190,16 @@ async fn unknown_tables_stop_the_consumer_unless_ignored_and_bad_rows_name_their
     assert!(matches!(twice.handle_message(&ops[0]).await, Err(ConsumerError::Config(_))));
 }
 
+/// A new table for [`Mirror`] to write to; returns its name.
+async fn mirror_table(pool: &sqlx::PgPool, prefix: &str) -> String {
+    let table = unique_name(prefix);
+    sqlx::query(&format!("CREATE TABLE {table} (org_id bigint, sku text PRIMARY KEY, quantity int)"))
+        .execute(pool)
+        .await
+        .unwrap();
+    table
+}
+
 /// Mirrors inventory rows into a table of the consumer's database, inside its transaction.
 struct Mirror {
     table: String,
@@ -220,11 +231,7 @@ impl IdempotentTableHandler<Inventory> for Mirror {
 #[tokio::test]
 async fn an_idempotent_router_writes_through_the_consumers_transaction() {
     let pool = sqlx::PgPool::connect(&env().database_url).await.unwrap();
-    let table = unique_name("typed_mirror");
-    sqlx::query(&format!("CREATE TABLE {table} (org_id bigint, sku text PRIMARY KEY, quantity int)"))
-        .execute(&pool)
-        .await
-        .unwrap();
+    let table = mirror_table(&pool, "typed_mirror").await;
     let cols = ["org_id", "sku", "quantity"];
     let ops = through_kafka(
         &unique_name("typed_idem"),
@@ -282,16 +289,14 @@ async fn a_typed_router_runs_under_the_basic_consumer() {
     let inventory = Recorder::default();
     let router = Router::new().route::<Inventory>(inventory.clone());
     let consumer = consumer(&unique_name("typed_basic_group"), &topic, router);
-    let stop = consumer.shutdown_handle();
-    let running = tokio::spawn(consumer.start_basic());
+    let running = RunningConsumer::basic(consumer);
     let seen = inventory.0.clone();
     pgkafka_tests::wait_for("20 typed inserts", Duration::from_secs(60), || {
         let n = seen.lock().unwrap().len();
         async move { (n >= 20).then_some(()) }
     })
     .await;
-    stop.shutdown();
-    running.await.unwrap().unwrap();
+    running.stop().await.unwrap();
     let expected: Vec<String> = (0..20).map(|i| format!("insert 1 S{i} Some(1)")).collect();
     assert_eq!(*inventory.0.lock().unwrap(), expected, "one partition: in offset order, each once");
 }
@@ -331,11 +336,7 @@ async fn a_row_that_does_not_decode_stops_the_basic_consumer_with_its_context() 
 #[tokio::test]
 async fn an_idempotent_router_runs_under_the_idempotent_consumer_exactly_once() {
     let pool = sqlx::PgPool::connect(&env().database_url).await.unwrap();
-    let table = unique_name("typed_exactly_once");
-    sqlx::query(&format!("CREATE TABLE {table} (org_id bigint, sku text PRIMARY KEY, quantity int)"))
-        .execute(&pool)
-        .await
-        .unwrap();
+    let table = mirror_table(&pool, "typed_exactly_once").await;
     let topic = unique_name("typed_idem_topic");
     let cols = ["org_id", "sku", "quantity"];
     let insert = |lsn: u64, sku: &str| op("inventory", &cols, lsn, 0, pgkafka::Op::Insert(row(&[Some("1"), Some(sku), Some("2")])));
@@ -345,9 +346,7 @@ async fn an_idempotent_router_runs_under_the_idempotent_consumer_exactly_once() 
     let state_table = unique_name("typed_state");
     let router = IdempotentRouter::new().route::<Inventory>(Mirror { table: table.clone() });
     let consumer = consumer(&unique_name("typed_idem_group"), &topic, router).state_table(state_table.clone());
-    let stop = consumer.shutdown_handle();
-    let url = env().database_url.clone();
-    let running = tokio::spawn(async move { consumer.start_idempotent(&url).await });
+    let running = RunningConsumer::idempotent(consumer, &env().database_url);
     let rows = pgkafka_tests::wait_for("3 mirrored rows", Duration::from_secs(60), || {
         let pool = pool.clone();
         let table = table.clone();
@@ -358,8 +357,7 @@ async fn an_idempotent_router_runs_under_the_idempotent_consumer_exactly_once() 
         }
     })
     .await;
-    stop.shutdown();
-    running.await.unwrap().unwrap();
+    running.stop().await.unwrap();
     let skus: Vec<&str> = rows.iter().map(|(s,)| s.as_str()).collect();
     // A second insert of B would have violated the primary key and stopped the consumer.
     assert_eq!(skus, ["A", "B", "C"]);
