@@ -32,6 +32,7 @@ fn stream_op(p: i32, i: i64) -> Vec<u8> {
     tagged_op(p, i, HIGH_LSN + (i as u64) / 3, (i as u64) % 3)
 }
 
+/// A Kafka producer that writes the test streams straight to the topics, idempotently.
 fn feeder() -> FutureProducer {
     kafka_config().set("enable.idempotence", "true").set("acks", "all").set("linger.ms", "5").create().unwrap()
 }
@@ -58,6 +59,7 @@ async fn send(producer: &FutureProducer, topic: &str, records: &[(i32, Vec<u8>)]
     ends
 }
 
+/// Folds `ends` (from [`send`]) into `into`, keeping each partition's highest end offset.
 fn merge(into: &mut BTreeMap<i32, i64>, ends: BTreeMap<i32, i64>) {
     for (p, end) in ends {
         let e = into.entry(p).or_insert(0);
@@ -65,6 +67,7 @@ fn merge(into: &mut BTreeMap<i32, i64>, ends: BTreeMap<i32, i64>) {
     }
 }
 
+/// The end offsets of partitions `0..partitions` (-1: none written), as [`committed`] returns them.
 fn as_vec(ends: &BTreeMap<i32, i64>, partitions: i32) -> Vec<i64> {
     (0..partitions).map(|p| ends.get(&p).copied().unwrap_or(-1)).collect()
 }
@@ -144,6 +147,7 @@ async fn topic_and_group(prefix: &str, partitions: i32) -> (String, String) {
     (topic, unique_name(&format!("{prefix}_g")))
 }
 
+/// A consumer of `topic` in `group` with short group timeouts, retry backoffs and commit interval.
 fn test_consumer<A>(group: &str, topic: &str, app: A) -> Consumer<A> {
     Consumer::new(group, vec![topic], env().brokers.as_str(), app)
         .kafka_option("session.timeout.ms", "6000")
