@@ -435,6 +435,24 @@ mod tests {
         }
     }
 
+    /// A refusal names topic, partition, table and the transaction's commit LSN; the table is
+    /// read back from the record's value.
+    #[test]
+    fn a_refused_record_is_described_by_where_it_came_from() {
+        let value = br#"{"table_name":"sales.orders","col_names":[],"lsn":5,"seq_id":0,"op":{"Insert":[]}}"#;
+        let failure = DeliveryFailure {
+            topic: "orders".into(),
+            partition: Some(3),
+            table: table_of(Some(value)),
+            lsn: Some(Lsn(0x1_0000_0500)),
+            error: KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge),
+        };
+        assert_eq!(failure.describe(), "a record for orders/3 (table sales.orders, transaction committed at LSN 1/500)");
+        assert!(!failure.is_client_fatal());
+        let unknown = DeliveryFailure { partition: None, table: table_of(Some(b"not json")), lsn: None, ..failure };
+        assert_eq!(unknown.describe(), "a record for topic orders");
+    }
+
     /// librdkafka's queue is full (one message, no broker to take it): a send waits on the
     /// runtime, not in `std::thread::sleep`, and a shutdown ends the wait without counting the
     /// record as in flight. (With the old blocking retry loop this test never returned.)
