@@ -420,6 +420,37 @@ mod tests {
         }
     }
 
+    /// A server that accepts the connection and then never answers (a network blackhole):
+    /// a shutdown still ends `start()` at once instead of waiting on the handshake. Without the
+    /// shutdown-aware startup this test waits out its 10 s limit.
+    #[test]
+    fn shutdown_ends_start_while_the_database_does_not_answer() {
+        let blackhole = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = blackhole.local_addr().unwrap().port();
+        let token = CancellationToken::new();
+        let producer = Producer::builder(
+            format!("postgresql://u:p@127.0.0.1:{port}/d?sslmode=disable"),
+            "127.0.0.1:1",
+            "slot",
+            "pub",
+            HashMap::new(),
+        )
+        .with_shutdown_token(token.clone())
+        .build();
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let started = std::time::Instant::now();
+        let result = runtime.block_on(async {
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                token.cancel();
+            });
+            tokio::time::timeout(Duration::from_secs(10), producer.start()).await
+        });
+        assert!(matches!(result, Ok(Ok(()))), "{result:?}");
+        assert!(started.elapsed() < Duration::from_secs(5), "took {:?}", started.elapsed());
+        drop(blackhole);
+    }
+
     #[test]
     fn a_zero_status_interval_is_a_configuration_error_not_a_panic() {
         let error = start_error(builder().status_interval(Duration::ZERO));
