@@ -2,23 +2,31 @@
 //!
 //! See [`Producer`].
 
+mod catalog;
 mod connection;
+mod encode;
 mod error;
-mod kafka;
-mod schema;
+mod routes;
 mod session;
+mod sink;
+mod slot;
+mod startup;
 mod watermark;
-
 
 pub use error::ProducerError;
 
 use std::collections::HashMap;
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
+use self::error::{Attempt, Failure};
+use self::sink::Sink;
 pub use crate::shutdown::ShutdownHandle;
-use crate::{Lsn, TopicInfo};
+use crate::kafka_config::RedactedOptions;
+use crate::metrics::PRODUCER_RECONNECTS;
+use crate::{Backoff, Lsn, TopicInfo};
 
 /// What [`Producer::check`] found: the routes the producer would stream, and the slot.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -85,9 +93,10 @@ pub enum SlotInUsePolicy {
     Fail,
 }
 
-/// Everything a producer can be told. Build one with [`Producer::builder`].
-#[derive(Debug, Clone)]
-pub struct ProducerConfig {
+/// Everything a producer is told, as [`ProducerBuilder`] collects it. Crate-private: users
+/// configure through the builder, which is the one place defaults and limits are applied.
+#[derive(Clone)]
+pub(crate) struct ProducerConfig {
     pub(crate) connection_string: String,
     pub(crate) brokers: String,
     pub(crate) slot_name: String,
@@ -100,6 +109,26 @@ pub struct ProducerConfig {
     pub(crate) status_interval: Duration,
     pub(crate) reconnect_backoff_max: Duration,
     pub(crate) shutdown_timeout: Duration,
+}
+
+/// Shows no secret: the connection string's password and secret Kafka options are hidden.
+impl std::fmt::Debug for ProducerConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProducerConfig")
+            .field("connection_string", &crate::redact(&self.connection_string))
+            .field("brokers", &self.brokers)
+            .field("slot_name", &self.slot_name)
+            .field("publication_name", &self.publication_name)
+            .field("topic_map", &self.topic_map)
+            .field("kafka_options", &RedactedOptions(&self.kafka_options))
+            .field("truncate_policy", &self.truncate_policy)
+            .field("slot_in_use_policy", &self.slot_in_use_policy)
+            .field("max_in_flight", &self.max_in_flight)
+            .field("status_interval", &self.status_interval)
+            .field("reconnect_backoff_max", &self.reconnect_backoff_max)
+            .field("shutdown_timeout", &self.shutdown_timeout)
+            .finish()
+    }
 }
 
 /// Streams every row change of a publication's tables from a logical replication slot to Kafka.
@@ -132,6 +161,7 @@ pub struct Producer {
 #[derive(Debug)]
 pub struct ProducerBuilder {
     config: ProducerConfig,
+    shutdown: CancellationToken,
 }
 
 impl Producer {
@@ -172,6 +202,7 @@ impl Producer {
                 reconnect_backoff_max: Duration::from_secs(30),
                 shutdown_timeout: Duration::from_secs(30),
             },
+            shutdown: CancellationToken::new(),
         }
     }
 
@@ -198,20 +229,30 @@ impl Producer {
     /// The first kind of problem found, saying what to fix (see [`ProducerError`]).
     pub async fn check(&self) -> Result<CheckReport, ProducerError> {
         let config = &self.config;
-        let connection = self.prepare()?;
-        let client = connection.connect().await.map_err(|e| {
-            ProducerError::Postgres(format!("cannot connect to PostgreSQL at {}: {}", connection.redacted, connection::with_sources(&e)))
-        })?;
-        let routes = schema::check(&client, &config.publication_name, &config.topic_map).await?;
-        let slot = match schema::inspect_slot(&client, &config.slot_name).await? {
+        let connection = startup::validate(config)?;
+        let sink = Arc::new(Sink::new(config)?);
+        let checked = async {
+            let (client, routes) = startup::preflight(config, &connection, &sink, Attempt::First).await?;
+            let slot = slot::inspect(&client, &config.slot_name, Attempt::First).await?;
+            Ok::<_, Failure>((routes, slot))
+        };
+        let (routes, slot) = tokio::time::timeout(startup::TIMEOUT, checked)
+            .await
+            .map_err(|_| {
+                ProducerError::Postgres(format!(
+                    "checking {} took longer than {:?}; is the server reachable?",
+                    connection.redacted,
+                    startup::TIMEOUT
+                ))
+            })?
+            .map_err(Failure::into_error)?;
+        let slot = match slot {
             None => SlotStatus::Missing,
-            Some(schema::SlotState { confirmed_flush, active_pid: None }) => SlotStatus::Idle { confirmed: confirmed_flush },
-            Some(schema::SlotState { confirmed_flush, active_pid: Some(pid) }) => {
+            Some(slot::SlotState { confirmed_flush, active_pid: None }) => SlotStatus::Idle { confirmed: confirmed_flush },
+            Some(slot::SlotState { confirmed_flush, active_pid: Some(pid) }) => {
                 SlotStatus::Active { confirmed: confirmed_flush, pid }
             }
         };
-        let sink = std::sync::Arc::new(kafka::KafkaSink::new(config, Lsn::INVALID)?);
-        sink.check_topics(routes.topics(), config.brokers.clone()).await?;
         Ok(CheckReport {
             tables: routes
                 .all()
@@ -225,77 +266,51 @@ impl Producer {
         })
     }
 
-    /// What `check` and `start` both need first: the crypto provider, the settings that need no
-    /// server to check, and the parsed connection string.
-    fn prepare(&self) -> Result<connection::ConnectionInfo, ProducerError> {
-        let config = &self.config;
-        // pgwire-replication and rustls need a process-wide crypto provider; keep one that the
-        // application installed.
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        schema::validate_slot_name(&config.slot_name)?;
-        if config.publication_name.is_empty() {
-            return Err(ProducerError::Config("the publication name is empty".into()));
-        }
-        if config.brokers.trim().is_empty() {
-            return Err(ProducerError::Config("the Kafka broker list is empty".into()));
-        }
-        connection::ConnectionInfo::parse(&config.connection_string)
-    }
-
     /// Checks the configuration and the database, then streams until shut down or a fatal error.
     ///
     /// # Errors
     /// A [`ProducerError`] saying what to fix. Lost connections are retried, not returned.
     pub async fn start(&self) -> Result<(), ProducerError> {
         let config = &self.config;
-        let connection = self.prepare()?;
+        let connection = startup::validate(config)?;
         let span = tracing::info_span!("pgkafka_producer", slot = %config.slot_name);
-
-        let reconnects = metrics::counter!("pgkafka_producer_reconnects_total", "slot" => config.slot_name.clone());
-        let mut sink = std::sync::Arc::new(kafka::KafkaSink::new(config, pgkafka_common::Lsn::INVALID)?);
-        let mut first = true;
-        let mut backoff = Duration::from_millis(250);
+        let reconnects = PRODUCER_RECONNECTS.slot_counter(&config.slot_name);
+        let mut sink = Arc::new(Sink::new(config)?);
+        let mut attempt = Attempt::First;
+        let mut backoff = Backoff::new(Duration::from_millis(250), config.reconnect_backoff_max);
         loop {
-            let started = std::time::Instant::now();
+            let started = Instant::now();
             let result = tracing::Instrument::instrument(
-                session::run(config, &connection, &sink, &self.shutdown, first),
+                session::run(config, &connection, &sink, &self.shutdown, attempt),
                 span.clone(),
             )
             .await;
-            match result {
+            let (reason, new_kafka_client) = match result {
                 Ok(()) => return Ok(()),
-                Err(session::SessionError::Fatal(error)) => {
+                Err(Failure::Fatal(error)) => {
                     // Deliver what can be delivered, so a restart re-sends as little as possible.
                     let _ = sink.drain(tokio::time::sleep(config.shutdown_timeout.min(Duration::from_secs(5)))).await;
                     return Err(error);
                 }
-                Err(session::SessionError::Retry { reason, recreate_kafka }) => {
-                    first = false;
-                    reconnects.increment(1);
-                    if started.elapsed() > Duration::from_secs(60) {
-                        backoff = Duration::from_millis(250);
-                    }
-                    tracing::warn!(parent: &span, %reason, retry_in = ?backoff, "replication session ended; resuming from the slot");
-                    if recreate_kafka {
-                        sink.purge();
-                        sink = std::sync::Arc::new(kafka::KafkaSink::new(config, pgkafka_common::Lsn::INVALID)?);
-                    } else {
-                        // Re-sent records must not overtake records of this session still in
-                        // flight: wait until Kafka has acknowledged all of them.
-                        if !sink.drain(self.shutdown.cancelled()).await {
-                            if self.shutdown.is_cancelled() {
-                                return Ok(());
-                            }
-                            sink.purge();
-                            sink = std::sync::Arc::new(kafka::KafkaSink::new(config, pgkafka_common::Lsn::INVALID)?);
-                        }
-                    }
-                    tokio::select! {
-                        () = self.shutdown.cancelled() => return Ok(()),
-                        () = tokio::time::sleep(backoff) => {}
-                    }
-                    backoff = (backoff * 2).min(config.reconnect_backoff_max);
+                Err(Failure::Retry { reason, new_kafka_client }) => (reason, new_kafka_client),
+            };
+            attempt = Attempt::Resume;
+            reconnects.increment(1);
+            if started.elapsed() > Duration::from_secs(60) {
+                backoff.reset();
+            }
+            tracing::warn!(parent: &span, %reason, retry_in = ?backoff.peek(), "replication session ended; resuming from the slot");
+            // Re-sent records must not overtake records of the last session still in flight:
+            // wait until Kafka has acknowledged all of them, or start over with a new client.
+            if new_kafka_client || !sink.drain(self.shutdown.cancelled()).await {
+                if self.shutdown.is_cancelled() {
+                    return Ok(());
                 }
+                sink.purge();
+                sink = Arc::new(Sink::new(config)?);
+            }
+            if !backoff.wait(self.shutdown.cancelled()).await {
+                return Ok(());
             }
         }
     }
@@ -303,8 +318,9 @@ impl Producer {
 
 impl ProducerBuilder {
     /// Sets a librdkafka producer property (`security.protocol`, `sasl.mechanisms`,
-    /// `linger.ms`, ...). pgkafka always sets `enable.idempotence=true` and `acks=all`; setting
-    /// them otherwise is a configuration error.
+    /// `linger.ms`, ...). pgkafka always sets `enable.idempotence=true`, `acks=all`,
+    /// `enable.gapless.guarantee=true`, `message.timeout.ms=0` and
+    /// `partitioner=consistent_random`; setting them otherwise is a configuration error.
     #[must_use]
     pub fn kafka_option(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
         self.config.kafka_options.push((key.into(), value.into()));
@@ -333,7 +349,8 @@ impl ProducerBuilder {
         self
     }
 
-    /// How often the confirmed position is reported to PostgreSQL (default 1 s).
+    /// How often the confirmed position is reported to PostgreSQL (default 1 s). Zero is a
+    /// configuration error at [`Producer::start`].
     #[must_use]
     pub fn status_interval(mut self, interval: Duration) -> Self {
         self.config.status_interval = interval;
@@ -355,9 +372,103 @@ impl ProducerBuilder {
         self
     }
 
+    /// Stops the producer when `token` is cancelled (see [`ShutdownHandle`] for what a stop
+    /// does), e.g. one token for every part of an application. Replaces the producer's own
+    /// token, so handles taken before this call no longer apply.
+    #[must_use]
+    pub fn with_shutdown_token(mut self, token: CancellationToken) -> Self {
+        self.shutdown = token;
+        self
+    }
+
     /// The producer.
     #[must_use]
     pub fn build(self) -> Producer {
-        Producer { config: self.config, shutdown: CancellationToken::new() }
+        Producer { config: self.config, shutdown: self.shutdown }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    /// What the error of `start()` says, without a server (the settings are checked first).
+    fn start_error(builder: ProducerBuilder) -> ProducerError {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        runtime.block_on(builder.build().start()).unwrap_err()
+    }
+
+    fn builder() -> ProducerBuilder {
+        Producer::builder("postgresql://u:hunter2@localhost:1/d", "localhost:1", "slot", "pub", HashMap::new())
+    }
+
+    #[test]
+    fn debug_prints_no_secret() {
+        for connection_string in ["host=h user=u password=hunter2 dbname=d", "postgresql://u:hunter2@h/d"] {
+            let builder = Producer::builder(connection_string, "b:9092", "slot", "pub", HashMap::new())
+                .kafka_option("sasl.password", "s3cret")
+                .kafka_option("ssl.key.password", "k3y")
+                .kafka_option("sasl.oauthbearer.client.secret", "t0ken");
+            let shown = format!("{builder:?}");
+            let producer = builder.build();
+            let shown = format!("{shown}\n{producer:?}\n{:#?}", producer.config);
+            for secret in ["hunter2", "s3cret", "k3y", "t0ken"] {
+                assert!(!shown.contains(secret), "Debug shows {secret}:\n{shown}");
+            }
+            assert!(shown.contains("sasl.password") && shown.contains("slot_name"), "{shown}");
+        }
+    }
+
+    /// A server that accepts the connection and then never answers (a network blackhole):
+    /// a shutdown still ends `start()` at once instead of waiting on the handshake. Without the
+    /// shutdown-aware startup this test waits out its 10 s limit.
+    #[test]
+    fn shutdown_ends_start_while_the_database_does_not_answer() {
+        let blackhole = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = blackhole.local_addr().unwrap().port();
+        let token = CancellationToken::new();
+        let producer = Producer::builder(
+            format!("postgresql://u:p@127.0.0.1:{port}/d?sslmode=disable"),
+            "127.0.0.1:1",
+            "slot",
+            "pub",
+            HashMap::new(),
+        )
+        .with_shutdown_token(token.clone())
+        .build();
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let started = std::time::Instant::now();
+        let result = runtime.block_on(async {
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                token.cancel();
+            });
+            tokio::time::timeout(Duration::from_secs(10), producer.start()).await
+        });
+        assert!(matches!(result, Ok(Ok(()))), "{result:?}");
+        assert!(started.elapsed() < Duration::from_secs(5), "took {:?}", started.elapsed());
+        drop(blackhole);
+    }
+
+    #[test]
+    fn a_zero_status_interval_is_a_configuration_error_not_a_panic() {
+        let error = start_error(builder().status_interval(Duration::ZERO));
+        assert!(matches!(error, ProducerError::Config(_)) && error.to_string().contains("status_interval"), "{error}");
+    }
+
+    #[test]
+    fn pinned_kafka_settings_are_refused_naming_the_setting() {
+        for (key, value) in [
+            ("enable.gapless.guarantee", "false"),
+            ("message.timeout.ms", "30000"),
+            ("partitioner", "murmur2_random"),
+            ("acks", "1"),
+            ("enable.idempotence", "false"),
+        ] {
+            let error = start_error(builder().kafka_option(key, value));
+            assert!(matches!(error, ProducerError::Config(_)), "{key}: {error:?}");
+            assert!(error.to_string().contains(&format!("{key}={value}")), "{error}");
+        }
     }
 }
