@@ -519,6 +519,7 @@ impl<A: IdempotentApplication> Consumer<A> {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::panic)]
     use super::*;
 
     struct Nothing;
@@ -528,6 +529,30 @@ mod tests {
         async fn handle_message(&self, _: &ReplicationOp) -> Result<(), ConsumerError> {
             Ok(())
         }
+    }
+
+    struct Refuses;
+
+    #[async_trait]
+    impl BasicApplication for Refuses {
+        async fn handle_message(&self, _: &ReplicationOp) -> Result<(), ConsumerError> {
+            Ok(())
+        }
+
+        fn validate(&self) -> Result<(), ConsumerError> {
+            Err(ConsumerError::Config("table t is routed twice".into()))
+        }
+    }
+
+    /// An application that refuses its configuration stops `start_basic` before any Kafka client
+    /// exists (the broker address here is unreachable), also behind an `Arc`.
+    #[tokio::test]
+    async fn validate_refuses_before_subscribing() {
+        let app = Arc::new(Refuses);
+        // Without the check the consumer would poll the unreachable broker for ever.
+        let started = tokio::time::timeout(Duration::from_secs(5), Consumer::new("group", vec!["topic"], "127.0.0.1:1", app).start_basic()).await;
+        let Ok(started) = started else { panic!("validate() was not checked at start") };
+        assert!(matches!(&started, Err(ConsumerError::Config(m)) if m.contains("routed twice")), "{started:?}");
     }
 
     /// A consumer printed with `{:?}` (as a `tracing` field or a panic message would) shows its
