@@ -154,6 +154,12 @@ impl Partition {
         (done > self.committed).then_some(done)
     }
 
+    /// As if the task had finished the record at `offset`.
+    #[cfg(test)]
+    pub(crate) fn finish_for_test(&self, offset: i64) {
+        self.progress.finish(offset);
+    }
+
     /// Records that Kafka has `offset` committed.
     pub(crate) fn committed(&mut self, offset: i64) {
         self.committed = self.committed.max(offset);

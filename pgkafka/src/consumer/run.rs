@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer as _, ConsumerContext, Rebalance};
-use rdkafka::error::KafkaError;
+use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::message::{Message as _, OwnedMessage};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
@@ -55,6 +55,35 @@ impl Partitions {
     fn remove(&mut self, topic: &str, partition: i32) {
         if let Some(partitions) = self.0.get_mut(topic) {
             partitions.remove(&partition);
+        }
+    }
+
+    /// The finished offsets of `keys` (all when `None`) that Kafka has not confirmed as committed.
+    fn to_commit(&mut self, keys: Option<&[Key]>) -> TopicPartitionList {
+        let mut list = TopicPartitionList::new();
+        for (topic, p, partition) in self.selected(keys) {
+            let Some(done) = partition.to_commit() else { continue };
+            if let Err(e) = list.add_partition_offset(topic, p, Offset::Offset(done)) {
+                warn!(topic, partition = p, "cannot list offset {done} for commit: {e}");
+            }
+        }
+        list
+    }
+
+    /// Takes in the outcome of committing `offsets`: each partition whose commit succeeded is
+    /// committed up to its offset; the others keep their finished offset to commit, so the next
+    /// commit (periodic, on rebalance, or the final one) sends it again.
+    fn confirm(&mut self, result: &KafkaResult<()>, offsets: &TopicPartitionList) {
+        for element in offsets.elements() {
+            let (topic, p) = (element.topic(), element.partition());
+            if let Err(e) = result.as_ref().and(element.error().as_ref()) {
+                warn!(topic, partition = p, offset = ?element.offset(), "offset commit failed, to be committed again: {e}");
+                continue;
+            }
+            if let (Some(partition), Offset::Offset(offset)) = (self.get_mut(topic, p), element.offset()) {
+                partition.committed(offset);
+                debug!(topic, partition = p, offset, "committed");
+            }
         }
     }
 
@@ -135,34 +164,21 @@ impl Assignment {
         self.commit(consumer, keys, CommitMode::Sync);
     }
 
-    /// Commits the finished offsets of `keys` (all when `None`) that moved since the last commit.
+    /// Commits the finished offsets of `keys` (all when `None`) not yet confirmed as committed.
+    /// A synchronous commit is confirmed by its result; an asynchronous one by librdkafka's
+    /// commit callback, later in `poll`: a commit that fails is sent again by the next one.
     fn commit(&self, consumer: &BaseConsumer<Context>, keys: Option<&[Key]>, mode: CommitMode) {
-        let mut list = TopicPartitionList::new();
-        let mut moved = Vec::new();
-        for (topic, p, partition) in self.lock().selected(keys) {
-            let Some(done) = partition.to_commit() else { continue };
-            if let Err(e) = list.add_partition_offset(topic, p, Offset::Offset(done)) {
-                warn!(topic, partition = p, "cannot list offset {done} for commit: {e}");
-                continue;
-            }
-            moved.push((topic.to_owned(), p, done));
-        }
-        if moved.is_empty() {
+        let list = self.lock().to_commit(keys);
+        if list.count() == 0 {
             return;
         }
-        match consumer.commit(&list, mode) {
-            Ok(()) => {
-                let mut partitions = self.lock();
-                for (topic, p, done) in moved {
-                    if let Some(partition) = partitions.get_mut(&topic, p) {
-                        partition.committed(done);
-                    }
-                    debug!(topic, partition = p, offset = done, "committed");
-                }
-            }
-            // Not fatal: the records after the last successful commit are delivered again, which
-            // the idempotent consumer skips and a basic application must tolerate anyway.
-            Err(e) => warn!("offset commit failed: {e}"),
+        match (consumer.commit(&list, mode), mode) {
+            (Ok(()), CommitMode::Sync) => self.lock().confirm(&Ok(()), &list),
+            (Ok(()), CommitMode::Async) => {}
+            // Not fatal: the offsets stay to be committed, and if the process ends first, the
+            // records after the last successful commit are delivered again, which the idempotent
+            // consumer skips and a basic application must tolerate anyway.
+            (Err(e), _) => warn!("offset commit failed, to be committed again: {e}"),
         }
     }
 }
@@ -199,6 +215,11 @@ impl ClientContext for Context {
 }
 
 impl ConsumerContext for Context {
+    /// The outcome of every offset commit, served by `poll`.
+    fn commit_callback(&self, result: KafkaResult<()>, offsets: &TopicPartitionList) {
+        self.assignment.lock().confirm(&result, offsets);
+    }
+
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Revoke(list) = rebalance {
             let keys: Vec<Key> = list.elements().iter().map(|e| (e.topic().to_owned(), e.partition())).collect();
@@ -249,7 +270,7 @@ fn client_config(settings: &Settings) -> Result<rdkafka::ClientConfig, ConsumerE
         .into_client_config())
 }
 
-/// Runs a consumer until a fatal error, a shutdown, or until the returned future is dropped.
+/// Runs a consumer until a fatal error or a shutdown.
 pub(crate) async fn run(settings: Settings, processor: Arc<dyn Processor>) -> Result<(), ConsumerError> {
     if settings.topics.is_empty() {
         return Err(ConsumerError::Config("no topics to consume".into()));
@@ -336,5 +357,62 @@ impl Poller {
         self.assignment.stop_and_commit(consumer, None);
         consumer.unsubscribe();
         info!("consumer stopped");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn listed(list: &TopicPartitionList) -> Vec<(String, i32, Offset)> {
+        list.elements().iter().map(|e| (e.topic().to_owned(), e.partition(), e.offset())).collect()
+    }
+
+    /// An asynchronous commit that fails (the broker's answer arrives later, through the commit
+    /// callback) leaves its offsets to be committed again; one that succeeds does not. The
+    /// bookkeeping this replaces marked offsets committed when the commit was queued, so a
+    /// failed one was never sent again, not even by the final commit.
+    #[test]
+    fn a_failed_commit_is_committed_again_and_a_confirmed_one_is_not() {
+        let mut partitions = Partitions::default();
+        partitions.add("t", 0);
+        partitions.add("t", 1);
+        partitions.get_mut("t", 0).unwrap().finish_for_test(9);
+        partitions.get_mut("t", 1).unwrap().finish_for_test(4);
+
+        let first = partitions.to_commit(None);
+        let mut sent = listed(&first);
+        sent.sort_by_key(|(_, p, _)| *p);
+        assert_eq!(sent, vec![("t".into(), 0, Offset::Offset(10)), ("t".into(), 1, Offset::Offset(5))]);
+
+        // Sent, then refused: still to commit, also while nothing more was handled.
+        partitions.confirm(&Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::RebalanceInProgress)), &first);
+        assert_eq!(partitions.to_commit(None).count(), 2);
+
+        // Partition 0 moved on meanwhile; the retry carries its newer offset, and once Kafka
+        // confirms it nothing is left to commit.
+        partitions.get_mut("t", 0).unwrap().finish_for_test(14);
+        let retry = partitions.to_commit(None);
+        assert!(listed(&retry).contains(&("t".into(), 0, Offset::Offset(15))));
+        partitions.confirm(&Ok(()), &retry);
+        assert_eq!(partitions.to_commit(None).count(), 0);
+
+        // A late confirmation of the older commit moves nothing back.
+        partitions.confirm(&Ok(()), &first);
+        partitions.get_mut("t", 0).unwrap().finish_for_test(15);
+        assert_eq!(listed(&partitions.to_commit(None)), vec![("t".into(), 0, Offset::Offset(16))]);
+    }
+
+    /// A partition revoked while its commit was in flight is not brought back by the answer.
+    #[test]
+    fn a_confirmation_for_a_revoked_partition_is_ignored() {
+        let mut partitions = Partitions::default();
+        partitions.add("t", 0);
+        partitions.get_mut("t", 0).unwrap().finish_for_test(3);
+        let sent = partitions.to_commit(None);
+        partitions.remove("t", 0);
+        partitions.confirm(&Ok(()), &sent);
+        assert!(partitions.get_mut("t", 0).is_none());
     }
 }
