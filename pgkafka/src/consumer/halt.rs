@@ -30,6 +30,12 @@ impl Halt {
         self.token.cancel();
     }
 
+    /// Raises the halt when the returned guard is dropped: held by the `start_*` future, so
+    /// dropping that future stops the poll thread and the partition tasks it would leave behind.
+    pub(crate) fn raise_on_drop(&self) -> tokio_util::sync::DropGuard {
+        self.token.clone().drop_guard()
+    }
+
     pub(crate) fn is_raised(&self) -> bool {
         self.token.is_cancelled()
     }

@@ -21,7 +21,13 @@
 //! up to the first record whose handling has not finished. When partitions are revoked, their
 //! tasks finish the op in hand (a transient-error backoff is cut short), the finished offsets are
 //! committed synchronously, and only then does the rebalance go on: the next owner starts exactly
-//! after what was handled.
+//! after what was handled. An offset counts as committed once Kafka confirms it (librdkafka's
+//! commit callback for the periodic asynchronous commits): a failed commit is sent again by the
+//! next one.
+//!
+//! The modules: `run` (the poll loop, rebalances, commits), `partition` (one partition's queue
+//! and task), `processor` (the basic processor and the retry loop around either processor),
+//! `idempotent` (the idempotent processor), `dead_letter`, `halt` (the stop signal) and `error`.
 
 mod dead_letter;
 mod error;
@@ -459,6 +465,11 @@ impl<A: BasicApplication> Consumer<A> {
     /// The fatal [`ConsumerError`] that stopped it (the application's, an invalid record under
     /// [`InvalidMessagePolicy::Stop`], a fatal Kafka error, a bad configuration). Offsets of the
     /// ops whose handling finished are committed before it returns.
+    ///
+    /// # Cancellation
+    /// Dropping the returned future stops the consumer as a shutdown does: the op in hand
+    /// finishes, what finished is committed, and the consumer leaves its group (in the
+    /// background, after the future is gone).
     pub async fn start_basic(self) -> Result<(), ConsumerError> {
         self.app.validate()?;
         run::run(self.settings, Arc::new(processor::BasicProcessor::new(self.app))).await
@@ -510,6 +521,9 @@ impl<A: IdempotentApplication> Consumer<A> {
     /// # Errors
     /// As [`Consumer::start_basic`], plus a database that cannot be reached at start or a state
     /// table that cannot be created.
+    ///
+    /// # Cancellation
+    /// As [`Consumer::start_basic`]: dropping the future stops the consumer.
     pub async fn start_idempotent(self, connection_string: &str) -> Result<(), ConsumerError> {
         self.app.validate()?;
         let processor = idempotent::IdempotentProcessor::connect(self.app, &self.settings, connection_string).await?;

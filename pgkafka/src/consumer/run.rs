@@ -59,7 +59,7 @@ impl Partitions {
     }
 
     /// The finished offsets of `keys` (all when `None`) that Kafka has not confirmed as committed.
-    fn to_commit(&mut self, keys: Option<&[Key]>) -> TopicPartitionList {
+    fn pending_commits(&mut self, keys: Option<&[Key]>) -> TopicPartitionList {
         let mut list = TopicPartitionList::new();
         for (topic, p, partition) in self.selected(keys) {
             let Some(done) = partition.to_commit() else { continue };
@@ -168,7 +168,7 @@ impl Assignment {
     /// A synchronous commit is confirmed by its result; an asynchronous one by librdkafka's
     /// commit callback, later in `poll`: a commit that fails is sent again by the next one.
     fn commit(&self, consumer: &BaseConsumer<Context>, keys: Option<&[Key]>, mode: CommitMode) {
-        let list = self.lock().to_commit(keys);
+        let list = self.lock().pending_commits(keys);
         if list.count() == 0 {
             return;
         }
@@ -270,7 +270,7 @@ fn client_config(settings: &Settings) -> Result<rdkafka::ClientConfig, ConsumerE
         .into_client_config())
 }
 
-/// Runs a consumer until a fatal error or a shutdown.
+/// Runs a consumer until a fatal error, a shutdown, or until the returned future is dropped.
 pub(crate) async fn run(settings: Settings, processor: Arc<dyn Processor>) -> Result<(), ConsumerError> {
     if settings.topics.is_empty() {
         return Err(ConsumerError::Config("no topics to consume".into()));
@@ -282,6 +282,9 @@ pub(crate) async fn run(settings: Settings, processor: Arc<dyn Processor>) -> Re
         InvalidMessagePolicy::DeadLetter(topic) => OnInvalid::DeadLetter(DeadLetterSender::new(&settings, topic)?),
     };
     let halt = Arc::new(Halt::default());
+    // Dropping this future (an aborted task, a `select!` that lost) must stop the consumer: the
+    // poll thread would otherwise go on handling and committing with no owner, in the group.
+    let _stop_when_dropped = halt.raise_on_drop();
     let context = Arc::new(PartitionContext {
         processor: RetryingProcessor::new(
             processor,
@@ -381,27 +384,27 @@ mod tests {
         partitions.get_mut("t", 0).unwrap().finish_for_test(9);
         partitions.get_mut("t", 1).unwrap().finish_for_test(4);
 
-        let first = partitions.to_commit(None);
+        let first = partitions.pending_commits(None);
         let mut sent = listed(&first);
         sent.sort_by_key(|(_, p, _)| *p);
         assert_eq!(sent, vec![("t".into(), 0, Offset::Offset(10)), ("t".into(), 1, Offset::Offset(5))]);
 
         // Sent, then refused: still to commit, also while nothing more was handled.
         partitions.confirm(&Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::RebalanceInProgress)), &first);
-        assert_eq!(partitions.to_commit(None).count(), 2);
+        assert_eq!(partitions.pending_commits(None).count(), 2);
 
         // Partition 0 moved on meanwhile; the retry carries its newer offset, and once Kafka
         // confirms it nothing is left to commit.
         partitions.get_mut("t", 0).unwrap().finish_for_test(14);
-        let retry = partitions.to_commit(None);
+        let retry = partitions.pending_commits(None);
         assert!(listed(&retry).contains(&("t".into(), 0, Offset::Offset(15))));
         partitions.confirm(&Ok(()), &retry);
-        assert_eq!(partitions.to_commit(None).count(), 0);
+        assert_eq!(partitions.pending_commits(None).count(), 0);
 
         // A late confirmation of the older commit moves nothing back.
         partitions.confirm(&Ok(()), &first);
         partitions.get_mut("t", 0).unwrap().finish_for_test(15);
-        assert_eq!(listed(&partitions.to_commit(None)), vec![("t".into(), 0, Offset::Offset(16))]);
+        assert_eq!(listed(&partitions.pending_commits(None)), vec![("t".into(), 0, Offset::Offset(16))]);
     }
 
     /// A partition revoked while its commit was in flight is not brought back by the answer.
@@ -410,7 +413,7 @@ mod tests {
         let mut partitions = Partitions::default();
         partitions.add("t", 0);
         partitions.get_mut("t", 0).unwrap().finish_for_test(3);
-        let sent = partitions.to_commit(None);
+        let sent = partitions.pending_commits(None);
         partitions.remove("t", 0);
         partitions.confirm(&Ok(()), &sent);
         assert!(partitions.get_mut("t", 0).is_none());
