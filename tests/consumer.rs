@@ -23,6 +23,9 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::task::JoinHandle;
 
+#[path = "consumer/lifecycle.rs"]
+mod lifecycle;
+
 /// A `lsn` base just below 2^63, so a stream crosses the signed 64-bit boundary: a state stored
 /// or compared as `bigint` would put the later ops before the earlier ones.
 const HIGH_LSN: u64 = (1 << 63) - 7;
