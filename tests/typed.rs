@@ -609,7 +609,7 @@ mod routing {
 
         // A table routed twice is a configuration mistake, reported rather than guessed at.
         let twice = Router::new().route::<Inventory>(Recorder::default()).route::<Inventory>(Recorder::default());
-        assert!(matches!(twice.handle_message(&ops[0]).await, Err(ConsumerError::Config(_))));
+        assert!(matches!(twice.validate(), Err(ConsumerError::Config(_))));
     }
 
     /// Mirrors inventory rows into a table of the consumer's database, inside its transaction.
