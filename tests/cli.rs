@@ -1,10 +1,12 @@
 //! The `pgkafka` command: bad configuration gets one clear paragraph and a non-zero exit, never a
-//! panic or backtrace; `--check` validates the database and brokers and says what it would stream.
+//! panic or backtrace; `--check` validates the database and brokers and says what it would stream;
+//! its logs suit a file or a log shipper.
 
 use std::path::PathBuf;
-use std::process::Output;
+use std::process::{Output, Stdio};
+use std::time::Duration;
 
-use pgkafka_tests::{create_topic, env, pg_client, unique_name};
+use pgkafka_tests::{create_topic, env, pg_client, unique_name, wait_for};
 
 /// The binary cargo built beside this test (`target/<profile>/pgkafka`).
 fn binary() -> PathBuf {
@@ -116,4 +118,97 @@ async fn check_validates_the_database_and_reports_what_it_would_stream() {
     assert!(stdout.contains("does not exist yet, will be created"), "--check must not create the slot:\n{stdout}");
 
     pg.batch_execute(&format!("DROP PUBLICATION {publication}; DROP TABLE {table};")).await.unwrap();
+}
+
+/// Runs the producer through the command on a fresh published table, its stderr redirected to a
+/// file the way a service manager does, until it says it is streaming; stops it with SIGTERM and
+/// returns what it logged.
+async fn producer_logs(args: &[&str]) -> String {
+    let pg = pg_client().await;
+    let table = unique_name("cli_log_tbl");
+    let publication = unique_name("cli_log_pub");
+    let slot = unique_name("cli_log_slot");
+    create_topic(&table, 1).await;
+    pg.batch_execute(&format!(
+        "CREATE TABLE {table} (id int PRIMARY KEY); ALTER TABLE {table} REPLICA IDENTITY FULL;
+         CREATE PUBLICATION {publication} FOR TABLE {table};"
+    ))
+    .await
+    .unwrap();
+    let dir = std::env::temp_dir().join(unique_name("cli_log"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("pgkafka.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "connection_string = \"{}\"\nbrokers = \"{}\"\nslot = \"{slot}\"\npublication = \"{publication}\"\n\
+             [topics.{table}]\nname = \"{table}\"\npartition_key = []\n",
+            env().database_url,
+            env().brokers
+        ),
+    )
+    .unwrap();
+    let log = dir.join("pgkafka.log");
+    let mut child = std::process::Command::new(binary())
+        .args(args)
+        .arg("--config")
+        .arg(&config)
+        .env_remove("PGKAFKA_CONNECTION_STRING")
+        .env_remove("PGKAFKA_BROKERS")
+        .env_remove("PGKAFKA_LOG_FORMAT")
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .expect("cannot run the pgkafka binary");
+    let read_log = || std::fs::read_to_string(&log).unwrap_or_default();
+    wait_for("the producer to stream", Duration::from_secs(30), || {
+        let text = read_log();
+        let exited = child.try_wait().ok().flatten();
+        assert!(exited.is_none(), "the producer exited ({exited:?}):\n{text}");
+        async move { text.contains("streaming from the replication slot").then_some(()) }
+    })
+    .await;
+    let stopped = std::process::Command::new("kill").arg("-TERM").arg(child.id().to_string()).status().unwrap();
+    assert!(stopped.success());
+    let status = child.wait().unwrap();
+    let text = read_log();
+    assert!(status.success(), "the producer did not stop cleanly ({status}):\n{text}");
+
+    wait_for("the slot to be released", Duration::from_secs(30), || {
+        let pg = &pg;
+        let slot = slot.clone();
+        async move { pg.execute("SELECT pg_drop_replication_slot($1)", &[&slot]).await.ok().map(|_| ()) }
+    })
+    .await;
+    pg.batch_execute(&format!("DROP PUBLICATION {publication}; DROP TABLE {table};")).await.unwrap();
+    text
+}
+
+/// Logs redirected to a file are plain text: no ANSI colour codes (they are for terminals).
+/// Fails against the command before `with_ansi(stderr is a terminal)`: its levels were coloured.
+#[tokio::test]
+async fn redirected_logs_carry_no_colour_codes() {
+    let text = producer_logs(&[]).await;
+    assert!(text.contains("INFO"), "{text}");
+    assert!(!text.contains('\u{1b}'), "escape codes in a redirected log:\n{text:?}");
+}
+
+/// `--log-format json` prints one JSON object per line, the message and its fields at the top
+/// level and the producer's slot as a field of its span, for log shippers to index.
+#[tokio::test]
+async fn json_logs_are_one_object_per_line_with_span_fields() {
+    let text = producer_logs(&["--log-format", "json"]).await;
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("not a JSON line ({e}): {line}")))
+        .collect();
+    let streaming = lines
+        .iter()
+        .find(|line| line["message"] == "streaming from the replication slot")
+        .unwrap_or_else(|| panic!("no streaming line:\n{text}"));
+    assert_eq!(streaming["level"], "INFO");
+    let slot = streaming["slot"].as_str().expect("the event's own fields are top-level fields");
+    assert_eq!(streaming["span"]["slot"], slot, "the span's slot is a field: {streaming}");
+    assert_eq!(streaming["span"]["name"], "pgkafka_producer");
 }
