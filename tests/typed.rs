@@ -1012,3 +1012,4 @@ mod end_to_end {
 }
 
 mod check_table;
+mod route_validation;

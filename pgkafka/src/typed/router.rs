@@ -59,7 +59,10 @@ impl<A: ?Sized> Routes<A> {
         }
     }
 
-    /// Whether each table is routed once.
+    /// Whether each table is routed once (a fallback application is validated by the router).
+    ///
+    /// # Errors
+    /// [`ConsumerError::Config`] naming the tables routed more than once.
     fn validate(&self) -> Result<(), ConsumerError> {
         let mut tables: Vec<&str> = self.routed_again.clone();
         tables.sort_unstable();
@@ -94,6 +97,13 @@ impl<A: ?Sized> Routes<A> {
                 Ok(None)
             }
             Unrouted::Fallback(app) => Ok(Some(app)),
+        }
+    }
+
+    fn fallback(&self) -> Option<&A> {
+        match &self.unrouted {
+            Unrouted::Fallback(app) => Some(app),
+            Unrouted::Fail | Unrouted::Ignore => None,
         }
     }
 
@@ -183,15 +193,6 @@ macro_rules! shared_router_methods {
             pub fn topic_map(&self) -> HashMap<String, TopicInfo> {
                 self.routes.topic_map()
             }
-
-            /// Whether the routes can work: each table routed once. The consumer calls it once,
-            /// before it subscribes.
-            ///
-            /// # Errors
-            /// [`ConsumerError::Config`] naming the tables routed more than once.
-            pub fn validate(&self) -> Result<(), ConsumerError> {
-                self.routes.validate()
-            }
         }
 
         impl Default for $router {
@@ -261,7 +262,7 @@ impl Router {
     /// Routes the changes of `T`'s table to `handler`.
     ///
     /// Route each table once: a second route for the same table makes the consumer refuse to
-    /// start, with [`ConsumerError::Config`] (see [`validate`](Self::validate)).
+    /// start, with [`ConsumerError::Config`] from [`BasicApplication::validate`].
     #[must_use]
     pub fn route<T>(mut self, handler: impl TableHandler<T>) -> Self
     where
@@ -289,6 +290,12 @@ impl BasicApplication for Router {
             Some(app) => app.handle_message(op).await,
             None => Ok(()),
         }
+    }
+
+    /// Each table is routed once, and the fallback application, if any, validates.
+    fn validate(&self) -> Result<(), ConsumerError> {
+        self.routes.validate()?;
+        self.routes.fallback().map_or(Ok(()), |app| app.validate())
     }
 }
 
@@ -356,6 +363,12 @@ impl IdempotentApplication for IdempotentRouter {
             Some(app) => app.handle_message(tx, op).await,
             None => Ok(()),
         }
+    }
+
+    /// Each table is routed once, and the fallback application, if any, validates.
+    fn validate(&self) -> Result<(), ConsumerError> {
+        self.routes.validate()?;
+        self.routes.fallback().map_or(Ok(()), |app| app.validate())
     }
 }
 
@@ -449,6 +462,10 @@ mod tests {
             .route::<Item>(handler_fn_idem());
         let err = both.validate().unwrap_err();
         assert!(err.to_string().contains("tables items, sales.items are each routed to more than one handler"), "{err}");
+
+        // A router handing unrouted ops to another router validates that one too.
+        let outer = Router::new().route::<SalesItem>(recorder(&seen, "b")).fallback(twice);
+        assert!(matches!(outer.validate(), Err(ConsumerError::Config(_))));
     }
 
     fn handler_fn_idem<T: ReplicatedTable + Send + 'static>() -> impl IdempotentTableHandler<T> {
