@@ -374,7 +374,7 @@ impl IdempotentApplication for IdempotentRouter {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, clippy::panic)]
+    #![allow(clippy::unwrap_used, clippy::panic, clippy::indexing_slicing)]
 
     use std::sync::{Arc, Mutex};
 
