@@ -1,10 +1,13 @@
 //! The `pgkafka` command: bad configuration gets one clear paragraph and a non-zero exit, never a
-//! panic or backtrace; `--check` validates the database and brokers and says what it would stream.
+//! panic or backtrace; `--check` validates the database and brokers and says what it would stream;
+//! its logs suit a file or a log shipper.
 
 use std::path::PathBuf;
-use std::process::Output;
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
 
-use pgkafka_tests::{create_topic, env, pg_client, unique_name};
+use pgkafka_tests::slots::drop_slot;
+use pgkafka_tests::{create_topic, env, pg_client, unique_name, wait_for};
 
 /// The binary cargo built beside this test (`target/<profile>/pgkafka`).
 fn binary() -> PathBuf {
@@ -22,14 +25,26 @@ fn binary() -> PathBuf {
 fn run(args: &[&str], config: Option<&str>) -> Output {
     let dir = std::env::temp_dir().join(unique_name("cli"));
     std::fs::create_dir_all(&dir).unwrap();
-    let mut command = std::process::Command::new(binary());
-    command.args(args).env_remove("PGKAFKA_CONNECTION_STRING").env_remove("PGKAFKA_BROKERS").env("RUST_LOG", "error");
+    let mut command = command(args, "error");
     if let Some(text) = config {
         let path = dir.join("pgkafka.toml");
         std::fs::write(&path, text).unwrap();
         command.arg("--config").arg(path);
     }
     command.output().expect("cannot run the pgkafka binary")
+}
+
+/// The binary with `args`, logging at `log_level`, its settings from the file alone (the
+/// environment's `PGKAFKA_*` settings removed).
+fn command(args: &[&str], log_level: &str) -> Command {
+    let mut command = Command::new(binary());
+    command
+        .args(args)
+        .env_remove("PGKAFKA_CONNECTION_STRING")
+        .env_remove("PGKAFKA_BROKERS")
+        .env_remove("PGKAFKA_LOG_FORMAT")
+        .env("RUST_LOG", log_level);
+    command
 }
 
 fn stderr(output: &Output) -> String {
@@ -127,4 +142,125 @@ async fn check_validates_the_database_and_reports_what_it_would_stream() {
     assert!(stdout.contains("does not exist yet, will be created"), "--check must not create the slot:\n{stdout}");
 
     pg.batch_execute(&format!("DROP PUBLICATION {publication}; DROP TABLE {table};")).await.unwrap();
+}
+
+/// What the producer run by the command showed.
+struct ProducerRun {
+    /// Its stderr.
+    logs: String,
+    /// Its Prometheus page, read while it streamed, when it was asked to serve one.
+    metrics: Option<String>,
+}
+
+/// Runs the producer through the command on a fresh published table, its stderr redirected to a
+/// file the way a service manager does, until it says it is streaming (then reads its metrics
+/// page, with `serve_metrics`); stops it with SIGTERM.
+async fn run_producer(args: &[&str], serve_metrics: bool) -> ProducerRun {
+    let pg = pg_client().await;
+    let table = unique_name("cli_log_tbl");
+    let publication = unique_name("cli_log_pub");
+    let slot = unique_name("cli_log_slot");
+    create_topic(&table, 1).await;
+    pg.batch_execute(&format!(
+        "CREATE TABLE {table} (id int PRIMARY KEY); ALTER TABLE {table} REPLICA IDENTITY FULL;
+         CREATE PUBLICATION {publication} FOR TABLE {table};"
+    ))
+    .await
+    .unwrap();
+    let dir = std::env::temp_dir().join(unique_name("cli_log"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("pgkafka.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "connection_string = \"{}\"\nbrokers = \"{}\"\nslot = \"{slot}\"\npublication = \"{publication}\"\n\
+             [topics.{table}]\nname = \"{table}\"\npartition_key = []\n",
+            env().database_url,
+            env().brokers
+        ),
+    )
+    .unwrap();
+    let log = dir.join("pgkafka.log");
+    let metrics_addr = serve_metrics.then(free_local_addr);
+    let mut command = command(args, "info");
+    if let Some(addr) = &metrics_addr {
+        command.arg("--metrics-addr").arg(addr);
+    }
+    let mut child = command
+        .arg("--config")
+        .arg(&config)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .expect("cannot run the pgkafka binary");
+    let read_log = || std::fs::read_to_string(&log).unwrap_or_default();
+    wait_for("the producer to stream", Duration::from_secs(30), || {
+        let text = read_log();
+        let exited = child.try_wait().ok().flatten();
+        assert!(exited.is_none(), "the producer exited ({exited:?}):\n{text}");
+        async move { text.contains("streaming from the replication slot").then_some(()) }
+    })
+    .await;
+    let metrics = metrics_addr.map(|addr| http_get(&addr, "/metrics"));
+    let stopped = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status().unwrap();
+    assert!(stopped.success());
+    let status = child.wait().unwrap();
+    let text = read_log();
+    assert!(status.success(), "the producer did not stop cleanly ({status}):\n{text}");
+
+    drop_slot(&pg, &slot).await;
+    pg.batch_execute(&format!("DROP PUBLICATION {publication}; DROP TABLE {table};")).await.unwrap();
+    ProducerRun { logs: text, metrics }
+}
+
+/// A local address no one listens on now.
+fn free_local_addr() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().to_string()
+}
+
+/// The response to a plain HTTP GET of `path` at `addr`, headers and body.
+fn http_get(addr: &str, path: &str) -> String {
+    use std::io::{Read as _, Write as _};
+    let mut stream = std::net::TcpStream::connect(addr).unwrap_or_else(|e| panic!("cannot connect to {addr}: {e}"));
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    response
+}
+
+/// Logs redirected to a file are plain text: no ANSI colour codes (they are for terminals).
+/// Fails against the command before `with_ansi(stderr is a terminal)`: its levels were coloured.
+/// The metrics page it serves meanwhile explains each metric (`# HELP`).
+#[tokio::test]
+async fn redirected_logs_carry_no_colour_codes_and_metrics_have_help() {
+    let run = run_producer(&[], true).await;
+    let text = run.logs;
+    assert!(text.contains("INFO"), "{text}");
+    assert!(!text.contains('\u{1b}'), "escape codes in a redirected log:\n{text:?}");
+    let metrics = run.metrics.unwrap_or_default();
+    assert!(
+        metrics.contains("# HELP pgkafka_producer_reconnects_total "),
+        "{metrics}"
+    );
+}
+
+/// `--log-format json` prints one JSON object per line, the message and its fields at the top
+/// level and the producer's slot as a field of its span, for log shippers to index.
+#[tokio::test]
+async fn json_logs_are_one_object_per_line_with_span_fields() {
+    let text = run_producer(&["--log-format", "json"], false).await.logs;
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("not a JSON line ({e}): {line}")))
+        .collect();
+    let streaming = lines
+        .iter()
+        .find(|line| line["message"] == "streaming from the replication slot")
+        .unwrap_or_else(|| panic!("no streaming line:\n{text}"));
+    assert_eq!(streaming["level"], "INFO");
+    let slot = streaming["slot"].as_str().expect("the event's own fields are top-level fields");
+    assert_eq!(streaming["span"]["slot"], slot, "the span's slot is a field: {streaming}");
+    assert_eq!(streaming["span"]["name"], "pgkafka_producer");
 }

@@ -3,8 +3,9 @@
 //! tables; typed routers handle ops read from Kafka, inside real transactions for the idempotent
 //! flavor, and fed end to end by the real producer.
 
+mod check_table;
 mod derive;
 mod end_to_end;
+mod route_validation;
 mod routing;
-mod schema_check;
 mod text;

@@ -3,6 +3,7 @@
 
 use std::fmt;
 
+use crate::ident::TableName;
 use crate::text::FromPgText;
 use crate::{Lsn, Op, ReplicationOp, TopicInfo};
 
@@ -75,13 +76,10 @@ pub trait ReplicatedTable: Sized {
     }
 
     /// Whether `table_name` (as in a [`ReplicationOp`]) names this table: `TABLE_NAME` or, for the
-    /// `public` schema, also `public.TABLE`.
+    /// `public` schema, also `public.TABLE` (see [`TableName::matches`]).
     #[must_use]
     fn is_table(table_name: &str) -> bool {
-        table_name == Self::TABLE_NAME
-            || table_name
-                .split_once('.')
-                .is_some_and(|(schema, table)| schema == Self::SCHEMA && table == Self::TABLE)
+        table_name == Self::TABLE_NAME || TableName { schema: Self::SCHEMA, table: Self::TABLE }.matches(table_name)
     }
 }
 

@@ -1,5 +1,6 @@
 //! The derive input turned into the model the checks and the expansion work on.
 
+use pgkafka_common::ident;
 use syn::{Data, DeriveInput, Fields, Ident, Type};
 
 use crate::attr::{self, ContainerAttrs, FieldAttrs};
@@ -91,18 +92,14 @@ impl<'a> Container<'a> {
         }
     }
 
+    /// The schema: the `schema` option, else `public`.
     pub(crate) fn schema(&self) -> String {
-        self.attrs.schema.as_ref().map_or_else(|| "public".to_owned(), |s| s.value.clone())
+        self.attrs.schema.as_ref().map_or_else(|| ident::DEFAULT_SCHEMA.to_owned(), |s| s.value.clone())
     }
 
-    /// How the producer names the table: bare in `public`, `schema.table` elsewhere.
+    /// How the producer names the table (see [`ident::table_name`]).
     pub(crate) fn table_name(&self) -> String {
-        let schema = self.schema();
-        if schema == "public" {
-            self.table()
-        } else {
-            format!("{schema}.{}", self.table())
-        }
+        ident::table_name(&self.schema(), &self.table())
     }
 
     pub(crate) fn topic(&self) -> String {

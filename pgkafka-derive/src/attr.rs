@@ -2,6 +2,7 @@
 //! mistake is reported at the key or value the user wrote.
 
 use proc_macro2::Span;
+use syn::meta::ParseNestedMeta;
 use syn::parse::ParseStream;
 use syn::punctuated::Punctuated;
 use syn::spanned::Spanned;
@@ -42,6 +43,25 @@ impl<T> Slot<T> {
     }
 }
 
+impl Slot<String> {
+    /// Sets the slot from `key = "value"`; an empty string is reported and leaves it unset.
+    fn set_str(&mut self, cx: &mut Ctxt, meta: &ParseNestedMeta<'_>) -> syn::Result<()> {
+        if let Some(value) = lit_str(cx, meta, self.name)? {
+            self.set(cx, &meta.path, value);
+        }
+        Ok(())
+    }
+}
+
+impl Slot<Path> {
+    /// Sets the slot from `key = path` or `key = "path"`.
+    fn set_path(&mut self, cx: &mut Ctxt, meta: &ParseNestedMeta<'_>) -> syn::Result<()> {
+        let value = path_value(meta.value()?)?;
+        self.set(cx, &meta.path, value);
+        Ok(())
+    }
+}
+
 /// `#[replicated(...)]` on the struct.
 #[derive(Debug, Default)]
 pub(crate) struct ContainerAttrs {
@@ -74,7 +94,7 @@ fn is_ours(attr: &Attribute) -> bool {
     attr.path().is_ident(ATTR)
 }
 
-fn lit_str(cx: &mut Ctxt, meta: &syn::meta::ParseNestedMeta<'_>, key: &str) -> syn::Result<Option<String>> {
+fn lit_str(cx: &mut Ctxt, meta: &ParseNestedMeta<'_>, key: &str) -> syn::Result<Option<String>> {
     let lit: LitStr = meta.value()?.parse().map_err(|e| {
         syn::Error::new(e.span(), format!("expected a string literal: `{key} = \"...\"`"))
     })?;
@@ -103,41 +123,26 @@ pub(crate) fn container(cx: &mut Ctxt, attrs: &[Attribute]) -> ContainerAttrs {
     let mut topic = Slot::new("topic");
     let mut partition_key = Slot::new("partition_key");
     let mut krate = Slot::new("crate");
-    for attr in attrs.iter().filter(|a| is_ours(a)) {
-        let result = attr.parse_nested_meta(|meta| {
-            let path = meta.path.clone();
-            if path.is_ident("table") {
-                if let Some(v) = lit_str(cx, &meta, "table")? {
-                    table.set(cx, &path, v);
-                }
-            } else if path.is_ident("schema") {
-                if let Some(v) = lit_str(cx, &meta, "schema")? {
-                    schema.set(cx, &path, v);
-                }
-            } else if path.is_ident("topic") {
-                if let Some(v) = lit_str(cx, &meta, "topic")? {
-                    topic.set(cx, &path, v);
-                }
-            } else if path.is_ident("partition_key") {
-                let fields = field_list(meta.value()?)?;
-                partition_key.set(cx, &path, fields);
-            } else if path.is_ident("crate") {
-                let value = path_value(meta.value()?)?;
-                krate.set(cx, &path, value);
-            } else if is_field_key(&path) {
-                return Err(meta.error(format!(
-                    "`{}` is a field option; put it on a field. Struct options: table, schema, topic, partition_key, crate",
-                    path_name(&path)
-                )));
-            } else {
-                return Err(unknown(&meta, &CONTAINER_KEYS));
-            }
+    for_each_option(cx, attrs, |cx, meta| {
+        let path = &meta.path;
+        if path.is_ident("table") {
+            table.set_str(cx, meta)
+        } else if path.is_ident("schema") {
+            schema.set_str(cx, meta)
+        } else if path.is_ident("topic") {
+            topic.set_str(cx, meta)
+        } else if path.is_ident("partition_key") {
+            let fields = field_list(meta.value()?)?;
+            partition_key.set(cx, path, fields);
             Ok(())
-        });
-        if let Err(e) = result {
-            cx.syn_error(e);
+        } else if path.is_ident("crate") {
+            krate.set_path(cx, meta)
+        } else if is_field_key(path) {
+            Err(misplaced(meta, "a field option; put it on a field. Struct options: table, schema, topic, partition_key, crate"))
+        } else {
+            Err(unknown(meta, &CONTAINER_KEYS))
         }
-    }
+    });
     ContainerAttrs {
         table: table.get(),
         schema: schema.get(),
@@ -151,38 +156,44 @@ pub(crate) fn field(cx: &mut Ctxt, attrs: &[Attribute]) -> FieldAttrs {
     let mut column = Slot::new("column");
     let mut parse_with = Slot::new("parse_with");
     let mut default = Slot::new("default");
-    for attr in attrs.iter().filter(|a| is_ours(a)) {
-        let result = attr.parse_nested_meta(|meta| {
-            let path = meta.path.clone();
-            if path.is_ident("column") {
-                if let Some(v) = lit_str(cx, &meta, "column")? {
-                    column.set(cx, &path, v);
-                }
-            } else if path.is_ident("parse_with") {
-                let value = path_value(meta.value()?)?;
-                parse_with.set(cx, &path, value);
-            } else if path.is_ident("default") {
-                let value = if meta.input.peek(Token![=]) {
-                    DefaultValue::Path(path_value(meta.value()?)?)
-                } else {
-                    DefaultValue::Trait
-                };
-                default.set(cx, &path, value);
-            } else if is_container_key(&path) {
-                return Err(meta.error(format!(
-                    "`{}` is a struct option; put it in the #[{ATTR}(...)] above the struct. Field options: column, parse_with, default",
-                    path_name(&path)
-                )));
+    for_each_option(cx, attrs, |cx, meta| {
+        let path = &meta.path;
+        if path.is_ident("column") {
+            column.set_str(cx, meta)
+        } else if path.is_ident("parse_with") {
+            parse_with.set_path(cx, meta)
+        } else if path.is_ident("default") {
+            let value = if meta.input.peek(Token![=]) {
+                DefaultValue::Path(path_value(meta.value()?)?)
             } else {
-                return Err(unknown(&meta, &FIELD_KEYS));
-            }
+                DefaultValue::Trait
+            };
+            default.set(cx, path, value);
             Ok(())
-        });
-        if let Err(e) = result {
+        } else if is_container_key(path) {
+            Err(misplaced(
+                meta,
+                &format!("a struct option; put it in the #[{ATTR}(...)] above the struct. Field options: column, parse_with, default"),
+            ))
+        } else {
+            Err(unknown(meta, &FIELD_KEYS))
+        }
+    });
+    FieldAttrs { column: column.get(), parse_with: parse_with.get(), default: default.get() }
+}
+
+/// Calls `each` on every option inside the `#[replicated(...)]` attributes of `attrs`; an error
+/// it returns is reported, and ends the parsing of that attribute.
+fn for_each_option(
+    cx: &mut Ctxt,
+    attrs: &[Attribute],
+    mut each: impl FnMut(&mut Ctxt, &ParseNestedMeta<'_>) -> syn::Result<()>,
+) {
+    for attr in attrs.iter().filter(|a| is_ours(a)) {
+        if let Err(e) = attr.parse_nested_meta(|meta| each(cx, &meta)) {
             cx.syn_error(e);
         }
     }
-    FieldAttrs { column: column.get(), parse_with: parse_with.get(), default: default.get() }
 }
 
 const CONTAINER_KEYS: [&str; 5] = ["table", "schema", "topic", "partition_key", "crate"];
@@ -206,7 +217,12 @@ fn field_list(input: ParseStream<'_>) -> syn::Result<Vec<Ident>> {
     Ok(Punctuated::<Ident, Token![,]>::parse_terminated(&content)?.into_iter().collect())
 }
 
-fn unknown(meta: &syn::meta::ParseNestedMeta<'_>, known: &[&str]) -> syn::Error {
+/// An option written where it does not belong: "`key` is {what}".
+fn misplaced(meta: &ParseNestedMeta<'_>, what: &str) -> syn::Error {
+    meta.error(format!("`{}` is {what}", path_name(&meta.path)))
+}
+
+fn unknown(meta: &ParseNestedMeta<'_>, known: &[&str]) -> syn::Error {
     let name = path_name(&meta.path);
     let hint = known
         .iter()

@@ -187,7 +187,7 @@ async fn unknown_tables_stop_the_consumer_unless_ignored_and_bad_rows_name_their
 
     // A table routed twice is a configuration mistake, reported rather than guessed at.
     let twice = Router::new().route::<Inventory>(Recorder::default()).route::<Inventory>(Recorder::default());
-    assert!(matches!(twice.handle_message(&ops[0]).await, Err(ConsumerError::Config(_))));
+    assert!(matches!(twice.validate(), Err(ConsumerError::Config(_))));
 }
 
 /// A new table for [`Mirror`] to write to; returns its name.

@@ -4,6 +4,7 @@
 //! pgkafka --config pgkafka.toml                 # stream until SIGINT/SIGTERM
 //! pgkafka --config pgkafka.toml --check         # validate config, database and brokers, then exit
 //! pgkafka --config pgkafka.toml --metrics-addr 127.0.0.1:9187   # also serve Prometheus metrics
+//! pgkafka --config pgkafka.toml --log-format json  # one JSON object per log line
 //! ```
 //!
 //! The file is TOML (or JSON, by the `.json` extension):
@@ -32,12 +33,13 @@
 //! sets `sasl.password`).
 
 use std::collections::{BTreeMap, HashMap};
+use std::io::IsTerminal as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::Parser;
+use clap::{Parser, ValueEnum};
 use pgkafka::{Producer, ProducerError, SlotInUsePolicy, SlotStatus, TopicInfo, TruncatePolicy};
 use serde::Deserialize;
 
@@ -55,6 +57,17 @@ struct Args {
     /// Serve Prometheus metrics at http://ADDR/metrics.
     #[arg(long, value_name = "ADDR")]
     metrics_addr: Option<SocketAddr>,
+    /// How log lines on stderr look: `text` (coloured only when stderr is a terminal) or `json`
+    /// (one object per line; the slot, topic and partition of the span a line comes from are
+    /// fields of its `span` and `spans`).
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, env = "PGKAFKA_LOG_FORMAT")]
+    log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Deserialize)]
@@ -116,13 +129,7 @@ impl From<ProducerError> for Failure {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    init_logging(args.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(error) => {
@@ -136,6 +143,18 @@ fn main() -> ExitCode {
             eprintln!("error: {}", failure.message);
             ExitCode::from(failure.code)
         }
+    }
+}
+
+/// Logs to stderr, filtered by `RUST_LOG` (default `info`).
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        // Escape codes only where a person reads them: a redirected log file gets plain text.
+        LogFormat::Text => logs.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Json => logs.json().flatten_event(true).with_current_span(true).with_span_list(true).init(),
     }
 }
 
@@ -163,6 +182,7 @@ async fn run(args: Args) -> Result<(), Failure> {
             .with_http_listener(addr)
             .install()
             .map_err(|e| Failure::config(format!("cannot serve metrics on {addr}: {e}")))?;
+        pgkafka::metrics::describe();
         tracing::info!(%addr, "serving Prometheus metrics at /metrics");
     }
     let stop = producer.shutdown_handle();

@@ -55,14 +55,14 @@
 mod handler;
 #[cfg(feature = "consumer")]
 mod router;
-#[cfg(feature = "producer")]
+#[cfg(feature = "consumer")]
 mod schema;
 
 #[cfg(feature = "consumer")]
 pub use handler::{handler_fn, FnHandler, IdempotentTableHandler, TableHandler};
 #[cfg(feature = "consumer")]
 pub use router::{IdempotentRouter, Router};
-#[cfg(feature = "producer")]
+#[cfg(feature = "consumer")]
 pub use schema::{check_table, SchemaCheckError};
 
 pub use pgkafka_common::{Change, Column, DecodeError, ReplicatedTable, RowDecoder, TypedOp};
