@@ -5,7 +5,8 @@ use std::time::{Duration, Instant};
 
 use pgkafka_tests::{create_topic, init_tracing, unique_name, wait_for};
 
-use super::{committed, feeder, send, stream_op, test_consumer, Recorder};
+use super::basic::Recorder;
+use super::{committed, feeder, send, stream_op, test_consumer};
 
 /// The owner drops the `start_basic` future while the consumer runs (an aborted task, a
 /// `select!` that took another branch): the consumer stops with it. It handles nothing of what is
