@@ -797,3 +797,6 @@ async fn measure_idempotent_batching() {
         task.await.unwrap().unwrap();
     }
 }
+
+#[path = "consumer/faults.rs"]
+mod faults;
