@@ -25,7 +25,9 @@
 
 mod error;
 mod idempotent;
+mod origin;
 mod run;
+mod state_table;
 
 use std::fmt;
 use std::sync::Arc;
@@ -34,6 +36,7 @@ use std::time::Duration;
 pub use error::ConsumerError;
 
 use async_trait::async_trait;
+use futures::FutureExt as _;
 use sqlx::{Postgres, Transaction};
 use tokio_util::sync::CancellationToken;
 
@@ -125,9 +128,27 @@ pub fn current_message() -> Option<MessageInfo> {
     CURRENT_MESSAGE.try_with(Clone::clone).ok()
 }
 
-/// Runs `handler` with `current_message()` telling where its op came from.
-pub(crate) async fn with_message<F: std::future::Future>(topic: &str, partition: i32, offset: i64, handler: F) -> F::Output {
-    CURRENT_MESSAGE.scope(MessageInfo { topic: topic.to_owned(), partition, offset }, handler).await
+/// Runs the application's `handler` for the op of the record at `topic`/`partition`/`offset`, with
+/// `current_message()` telling where it came from. A panic in it becomes the fatal
+/// [`ConsumerError::HandlerPanicked`] instead of ending the partition's task: a retry would most
+/// likely panic again, and a silent stall is the one outcome a consumer must never have.
+pub(crate) async fn call_handler<F>(topic: &str, partition: i32, offset: i64, handler: F) -> Result<(), ConsumerError>
+where
+    F: std::future::Future<Output = Result<(), ConsumerError>>,
+{
+    let scoped = CURRENT_MESSAGE.scope(MessageInfo { topic: topic.to_owned(), partition, offset }, handler);
+    // Unwind safety: after a panic the consumer stops and never calls the application again.
+    match std::panic::AssertUnwindSafe(scoped).catch_unwind().await {
+        Ok(result) => result,
+        Err(payload) => {
+            let message = match (payload.downcast_ref::<&str>(), payload.downcast_ref::<String>()) {
+                (Some(text), _) => (*text).to_owned(),
+                (None, Some(text)) => text.clone(),
+                (None, None) => "a panic without a message".to_owned(),
+            };
+            Err(ConsumerError::HandlerPanicked { topic: topic.to_owned(), partition, offset, message })
+        }
+    }
 }
 
 /// What the consumer does with a Kafka record that is not a valid [`ReplicationOp`] (not JSON,
@@ -207,6 +228,7 @@ pub(crate) struct Settings {
     pub(crate) batch_size: usize,
     pub(crate) batch_linger: Duration,
     pub(crate) pool_size: Option<u32>,
+    pub(crate) transaction_idle_timeout: Option<Duration>,
     pub(crate) max_queued_per_partition: usize,
     pub(crate) shutdown: CancellationToken,
 }
@@ -260,6 +282,7 @@ impl<A> Consumer<A> {
                 batch_size: 100,
                 batch_linger: Duration::from_millis(5),
                 pool_size: None,
+                transaction_idle_timeout: None,
                 max_queued_per_partition: 20_000,
                 shutdown: CancellationToken::new(),
             },
@@ -373,6 +396,24 @@ impl<A> Consumer<A> {
     #[must_use]
     pub fn pool_size(mut self, n: u32) -> Self {
         self.settings.pool_size = Some(n.max(1));
+        self
+    }
+
+    /// How long the idempotent consumer's database sessions may sit idle inside a transaction
+    /// before PostgreSQL ends them (`idle_in_transaction_session_timeout`; default: the Kafka
+    /// `session.timeout.ms` given through [`Consumer::kafka_option`], else librdkafka's 45 s;
+    /// `Duration::ZERO` turns it off).
+    ///
+    /// This bounds how long a frozen instance (SIGSTOP, a VM pause, a long GC) can keep a
+    /// partition's row lock: when the group hands its partitions to another member, about a
+    /// session timeout after the freeze, the frozen instance's transaction is gone and the new
+    /// owner goes on. When it wakes, its transaction fails and is retried, and it sees what the new
+    /// owner applied. The price: a handler that keeps its transaction idle longer than this (a
+    /// slow call to another service between two statements) has its session ended and the batch
+    /// retried.
+    #[must_use]
+    pub fn transaction_idle_timeout(mut self, timeout: Duration) -> Self {
+        self.settings.transaction_idle_timeout = Some(timeout);
         self
     }
 

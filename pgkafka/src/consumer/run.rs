@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer as _, ConsumerContext, Rebalance};
 use rdkafka::error::KafkaError;
-use rdkafka::message::{Header, Message as _, OwnedHeaders, OwnedMessage};
+use rdkafka::message::{Header, Headers as _, Message as _, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
@@ -20,6 +20,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, info_span, warn, Instrument as _};
 
+use super::origin::Origin;
 use super::{BasicApplication, ConsumerError, InvalidMessagePolicy, Settings};
 use crate::ReplicationOp;
 
@@ -32,8 +33,9 @@ pub(crate) trait Processor: Send + Sync + 'static {
     fn max_batch(&self) -> usize;
     /// How long to wait for more ops to fill a batch.
     fn linger(&self) -> Duration;
-    /// Handles `ops` (consecutive, of one partition, at `offsets`) as one unit: all or nothing.
-    async fn process(&self, topic: &str, partition: i32, offsets: &[i64], ops: &[ReplicationOp]) -> Result<Outcome, ConsumerError>;
+    /// Handles `ops` (consecutive, of one partition, at `offsets`, from `origins` as their
+    /// records' headers say) as one unit: all or nothing.
+    async fn process(&self, topic: &str, partition: i32, offsets: &[i64], ops: &[ReplicationOp], origins: &[Option<Origin>]) -> Result<Outcome, ConsumerError>;
 }
 
 /// What a `process` call did.
@@ -57,9 +59,9 @@ impl<A: BasicApplication> Processor for BasicProcessor<A> {
         Duration::ZERO
     }
 
-    async fn process(&self, topic: &str, partition: i32, offsets: &[i64], ops: &[ReplicationOp]) -> Result<Outcome, ConsumerError> {
+    async fn process(&self, topic: &str, partition: i32, offsets: &[i64], ops: &[ReplicationOp], _: &[Option<Origin>]) -> Result<Outcome, ConsumerError> {
         for (op, &offset) in ops.iter().zip(offsets) {
-            super::with_message(topic, partition, offset, self.app.handle_message(op)).await?;
+            super::call_handler(topic, partition, offset, self.app.handle_message(op)).await?;
         }
         Ok(Outcome { applied: ops.len() as u64, duplicates: 0 })
     }
@@ -205,8 +207,14 @@ impl Shared {
         // Counted before sending: the task may take the record (and count it down) at once.
         let queued = assigned.state.queued.fetch_add(1, Ordering::AcqRel).saturating_add(1);
         if worker.tx.send(message).is_err() {
-            // The task ended after a fatal error; the poll loop is about to stop.
+            // The task ended: after a fatal error (kept as the reason; the poll loop is about to
+            // stop), or for a reason it could not report. Never drop the partition's records silently.
             assigned.state.queued.fetch_sub(1, Ordering::AcqRel);
+            drop(dispatch);
+            self.fail(ConsumerError::fatal(format!(
+                "the task of {} partition {} ended unexpectedly; offset {offset} and later are not handled",
+                key.0, key.1
+            )));
             return;
         }
         assigned.last_dispatched = offset;
@@ -357,7 +365,7 @@ impl PartitionMeters {
 }
 
 enum Item {
-    Op(i64, ReplicationOp),
+    Op(i64, ReplicationOp, Option<Origin>),
     Invalid(OwnedMessage, String),
 }
 
@@ -397,13 +405,15 @@ impl PartitionTask {
             };
             let mut offsets = Vec::with_capacity(items.len());
             let mut ops = Vec::with_capacity(items.len());
+            let mut origins = Vec::with_capacity(items.len());
             for item in items {
-                if let Item::Op(offset, op) = item {
+                if let Item::Op(offset, op, origin) = item {
                     offsets.push(offset);
                     ops.push(op);
+                    origins.push(origin);
                 }
             }
-            if !self.handle_ops(&ops, &offsets).await {
+            if !self.handle_ops(&ops, &offsets, &origins).await {
                 return;
             }
             if let Some(Item::Invalid(message, reason)) = invalid {
@@ -415,7 +425,7 @@ impl PartitionTask {
     }
 
     /// Handles `ops` (offsets `first..=last`) until done; false when the task must end.
-    async fn handle_ops(&self, ops: &[ReplicationOp], offsets: &[i64]) -> bool {
+    async fn handle_ops(&self, ops: &[ReplicationOp], offsets: &[i64], origins: &[Option<Origin>]) -> bool {
         let (Some(&first), Some(&last)) = (offsets.first(), offsets.last()) else { return true };
         let topic = self.state.topic.as_str();
         let partition = self.state.partition;
@@ -426,7 +436,7 @@ impl PartitionTask {
                 () = self.stop.cancelled() => return false,
                 p = Arc::clone(&self.shared.permits).acquire_owned() => p,
             };
-            let result = self.shared.processor.process(topic, partition, offsets, ops).await;
+            let result = self.shared.processor.process(topic, partition, offsets, ops, origins).await;
             drop(permit);
             match result {
                 Ok(outcome) => {
@@ -532,9 +542,13 @@ fn decode(message: OwnedMessage) -> Item {
         None => Err("the record has no value".to_owned()),
         Some(bytes) => serde_json::from_slice::<ReplicationOp>(bytes).map_err(|e| e.to_string()),
     };
-    match parsed {
-        Ok(op) => Item::Op(message.offset(), op),
-        Err(reason) => Item::Invalid(message, reason),
+    let origin = match message.headers() {
+        None => Ok(None),
+        Some(headers) => Origin::from_headers(headers.iter().map(|h| (h.key, h.value))),
+    };
+    match (parsed, origin) {
+        (Ok(op), Ok(origin)) => Item::Op(message.offset(), op, origin),
+        (Err(reason), _) | (_, Err(reason)) => Item::Invalid(message, reason),
     }
 }
 
