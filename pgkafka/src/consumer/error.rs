@@ -129,28 +129,10 @@ impl ConsumerError {
         match self {
             ConsumerError::Transient(_) => true,
             ConsumerError::Database(error) => is_transient_database_error(error),
-            ConsumerError::Kafka(error) => {
-                !matches!(error.rdkafka_error_code(), Some(code) if is_fatal_kafka_code(code))
-            }
+            ConsumerError::Kafka(error) => !crate::kafka_config::is_fatal(error),
             _ => false,
         }
     }
-}
-
-fn is_fatal_kafka_code(code: rdkafka::types::RDKafkaErrorCode) -> bool {
-    use rdkafka::types::RDKafkaErrorCode as C;
-    matches!(
-        code,
-        C::Fatal
-            | C::InvalidArgument
-            | C::Authentication
-            | C::SaslAuthenticationFailed
-            | C::TopicAuthorizationFailed
-            | C::GroupAuthorizationFailed
-            | C::ClusterAuthorizationFailed
-            | C::UnknownTopicOrPartition
-            | C::FencedInstanceId
-    )
 }
 
 /// SQLSTATE classes and codes after which the same statement can succeed on a retry.

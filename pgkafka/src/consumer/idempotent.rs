@@ -1,21 +1,22 @@
-//! The idempotent consumer's part: applying a batch of ops exactly once, guarded by the
-//! partition's row in the state table (its lock, its position and the position's origin).
+//! The idempotent processor: applying a batch of ops exactly once in one transaction (row lock on
+//! the partition's position, duplicates skipped, an op of another origin refused, position stored).
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use sqlx::postgres::PgPoolOptions;
 use sqlx::{Executor as _, PgPool};
 
+use pgkafka_common::ident::{qualified, quote_ident};
+
 use super::origin::{Diverged, Origin, Step, Stored};
-use super::run::{Outcome, Processor};
+use super::processor::{Outcome, Processor};
 use super::{state_table, ConsumerError, IdempotentApplication, Settings};
 use crate::redact::redact;
 use crate::{Lsn, ReplicationOp};
 
 pub(crate) struct IdempotentProcessor<A> {
-    app: Arc<A>,
+    app: A,
     pool: PgPool,
     group_id: String,
     batch_size: usize,
@@ -26,13 +27,8 @@ pub(crate) struct IdempotentProcessor<A> {
     update_row: String,
 }
 
-/// `name` as a quoted SQL identifier.
-pub(crate) fn quote_ident(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
-}
-
 impl<A: IdempotentApplication> IdempotentProcessor<A> {
-    pub(crate) async fn connect(app: Arc<A>, settings: &Settings, url: &str) -> Result<Self, ConsumerError> {
+    pub(crate) async fn connect(app: A, settings: &Settings, url: &str) -> Result<Self, ConsumerError> {
         let size = settings.pool_size.unwrap_or_else(|| u32::try_from(settings.max_concurrent_partitions).unwrap_or(u32::MAX).saturating_add(1));
         let idle_timeout_ms = transaction_idle_timeout(settings).as_millis();
         let pool = PgPoolOptions::new()
@@ -50,7 +46,7 @@ impl<A: IdempotentApplication> IdempotentProcessor<A> {
             .await
             .map_err(|e| ConsumerError::Config(format!("cannot connect to PostgreSQL at {}: {e}", redact(url))))?;
         let table = match &settings.state_schema {
-            Some(schema) => format!("{}.{}", quote_ident(schema), quote_ident(&settings.state_table)),
+            Some(schema) => qualified(schema, &settings.state_table),
             None => quote_ident(&settings.state_table),
         };
         state_table::prepare(&pool, &table).await?;

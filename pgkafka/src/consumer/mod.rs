@@ -23,9 +23,13 @@
 //! committed synchronously, and only then does the rebalance go on: the next owner starts exactly
 //! after what was handled.
 
+mod dead_letter;
 mod error;
+mod halt;
 mod idempotent;
 mod origin;
+mod partition;
+mod processor;
 mod run;
 mod state_table;
 
@@ -40,6 +44,7 @@ use futures::FutureExt as _;
 use sqlx::{Postgres, Transaction};
 use tokio_util::sync::CancellationToken;
 
+use crate::kafka_config::RedactedOptions;
 use crate::ReplicationOp;
 
 /// An application run by [`Consumer::start_basic`]: ops of one partition arrive one at a time, in
@@ -51,6 +56,15 @@ use crate::ReplicationOp;
 pub trait BasicApplication: Send + Sync + 'static {
     /// Handles one op. An error says whether to retry it or stop, see [`ConsumerError`].
     async fn handle_message(&self, op: &ReplicationOp) -> Result<(), ConsumerError>;
+
+    /// Checked once when the consumer starts, before it subscribes: an error stops
+    /// [`Consumer::start_basic`] with it. The default accepts.
+    ///
+    /// # Errors
+    /// Why the application cannot run as configured (usually a [`ConsumerError::Config`]).
+    fn validate(&self) -> Result<(), ConsumerError> {
+        Ok(())
+    }
 }
 
 /// An application run by [`Consumer::start_idempotent`]: each op is applied exactly once, inside
@@ -67,6 +81,15 @@ pub trait IdempotentApplication: Send + Sync + 'static {
         tx: &mut Transaction<'_, Postgres>,
         op: &ReplicationOp,
     ) -> Result<(), ConsumerError>;
+
+    /// Checked once when the consumer starts, before it connects to the database or subscribes:
+    /// an error stops [`Consumer::start_idempotent`] with it. The default accepts.
+    ///
+    /// # Errors
+    /// Why the application cannot run as configured (usually a [`ConsumerError::Config`]).
+    fn validate(&self) -> Result<(), ConsumerError> {
+        Ok(())
+    }
 }
 
 /// A shared application: `Consumer::new(.., Arc::clone(&app))` keeps a handle to it.
@@ -74,6 +97,10 @@ pub trait IdempotentApplication: Send + Sync + 'static {
 impl<T: BasicApplication + ?Sized> BasicApplication for Arc<T> {
     async fn handle_message(&self, op: &ReplicationOp) -> Result<(), ConsumerError> {
         (**self).handle_message(op).await
+    }
+
+    fn validate(&self) -> Result<(), ConsumerError> {
+        (**self).validate()
     }
 }
 
@@ -86,6 +113,10 @@ impl<T: IdempotentApplication + ?Sized> IdempotentApplication for Arc<T> {
         op: &ReplicationOp,
     ) -> Result<(), ConsumerError> {
         (**self).handle_message(tx, op).await
+    }
+
+    fn validate(&self) -> Result<(), ConsumerError> {
+        (**self).validate()
     }
 }
 
@@ -212,7 +243,7 @@ pub struct Consumer<A> {
 }
 
 /// Everything about a consumer except its application.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub(crate) struct Settings {
     pub(crate) group_id: String,
     pub(crate) topics: Vec<String>,
@@ -233,6 +264,30 @@ pub(crate) struct Settings {
     pub(crate) shutdown: CancellationToken,
 }
 
+/// Kafka options through [`RedactedOptions`]: a `sasl.password` never reaches a log line.
+impl fmt::Debug for Settings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Settings")
+            .field("group_id", &self.group_id)
+            .field("topics", &self.topics)
+            .field("brokers", &self.brokers)
+            .field("kafka_options", &RedactedOptions(&self.kafka_options))
+            .field("max_concurrent_partitions", &self.max_concurrent_partitions)
+            .field("retry_initial", &self.retry_initial)
+            .field("retry_max", &self.retry_max)
+            .field("invalid_messages", &self.invalid_messages)
+            .field("commit_interval", &self.commit_interval)
+            .field("state_schema", &self.state_schema)
+            .field("state_table", &self.state_table)
+            .field("batch_size", &self.batch_size)
+            .field("batch_linger", &self.batch_linger)
+            .field("pool_size", &self.pool_size)
+            .field("max_queued_per_partition", &self.max_queued_per_partition)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Settings only, secrets hidden (the application need not be `Debug`).
 impl<A> fmt::Debug for Consumer<A> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Consumer").field("settings", &self.settings).finish_non_exhaustive()
@@ -289,7 +344,9 @@ impl<A> Consumer<A> {
         }
     }
 
-    /// The same as [`Consumer::new`]; reads better before a chain of settings.
+    /// The same as [`Consumer::new`], which takes the same arguments and the same chained
+    /// settings.
+    #[deprecated(note = "use Consumer::new: it takes the same arguments and the same chained settings")]
     pub fn builder<T: Into<String>>(
         group_id: impl Into<String>,
         topics: impl IntoIterator<Item = T>,
@@ -305,8 +362,9 @@ impl<A> Consumer<A> {
     ///
     /// pgkafka sets `auto.offset.reset=earliest` (a new group starts at the beginning of the
     /// topics, so no change is missed), which this overrides. `enable.auto.commit` and
-    /// `enable.auto.offset.store` are pgkafka's to manage: setting them is a
-    /// [`ConsumerError::Config`] at start.
+    /// `enable.auto.offset.store` are pgkafka's to manage: setting them to anything but `false`
+    /// is a [`ConsumerError::Config`] at start. Secret values (`sasl.password`, ...) never appear
+    /// in `Debug` output.
     #[must_use]
     pub fn kafka_option(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
         self.settings.kafka_options.push((key.into(), value.into()));
@@ -443,8 +501,8 @@ impl<A: BasicApplication> Consumer<A> {
     /// [`InvalidMessagePolicy::Stop`], a fatal Kafka error, a bad configuration). Offsets of the
     /// ops whose handling finished are committed before it returns.
     pub async fn start_basic(self) -> Result<(), ConsumerError> {
-        let processor = run::BasicProcessor { app: Arc::new(self.app) };
-        run::run(self.settings, Arc::new(processor)).await
+        self.app.validate()?;
+        run::run(self.settings, Arc::new(processor::BasicProcessor::new(self.app))).await
     }
 }
 
@@ -494,7 +552,63 @@ impl<A: IdempotentApplication> Consumer<A> {
     /// As [`Consumer::start_basic`], plus a database that cannot be reached at start or a state
     /// table that cannot be created.
     pub async fn start_idempotent(self, connection_string: &str) -> Result<(), ConsumerError> {
-        let processor = idempotent::IdempotentProcessor::connect(Arc::new(self.app), &self.settings, connection_string).await?;
+        self.app.validate()?;
+        let processor = idempotent::IdempotentProcessor::connect(self.app, &self.settings, connection_string).await?;
         run::run(self.settings, Arc::new(processor)).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::panic)]
+    use super::*;
+
+    struct Nothing;
+
+    #[async_trait]
+    impl BasicApplication for Nothing {
+        async fn handle_message(&self, _: &ReplicationOp) -> Result<(), ConsumerError> {
+            Ok(())
+        }
+    }
+
+    struct Refuses;
+
+    #[async_trait]
+    impl BasicApplication for Refuses {
+        async fn handle_message(&self, _: &ReplicationOp) -> Result<(), ConsumerError> {
+            Ok(())
+        }
+
+        fn validate(&self) -> Result<(), ConsumerError> {
+            Err(ConsumerError::Config("table t is routed twice".into()))
+        }
+    }
+
+    /// An application that refuses its configuration stops `start_basic` before any Kafka client
+    /// exists (the broker address here is unreachable), also behind an `Arc`.
+    #[tokio::test]
+    async fn validate_refuses_before_subscribing() {
+        let app = Arc::new(Refuses);
+        // Without the check the consumer would poll the unreachable broker for ever.
+        let started = tokio::time::timeout(Duration::from_secs(5), Consumer::new("group", vec!["topic"], "127.0.0.1:1", app).start_basic()).await;
+        let Ok(started) = started else { panic!("validate() was not checked at start") };
+        assert!(matches!(&started, Err(ConsumerError::Config(m)) if m.contains("routed twice")), "{started:?}");
+    }
+
+    /// A consumer printed with `{:?}` (as a `tracing` field or a panic message would) shows its
+    /// settings but no secret Kafka option.
+    #[test]
+    fn debug_prints_no_secret() {
+        let consumer = Consumer::new("group", vec!["topic"], "broker:9092", Nothing)
+            .kafka_option("sasl.username", "alice")
+            .kafka_option("sasl.password", "hunter2")
+            .kafka_option("ssl.key.password", "k3y-pass")
+            .kafka_option("sasl.oauthbearer.client.secret", "s3cret");
+        let shown = format!("{consumer:?} {consumer:#?}");
+        for secret in ["hunter2", "k3y-pass", "s3cret"] {
+            assert!(!shown.contains(secret), "{secret} printed: {shown}");
+        }
+        assert!(shown.contains("sasl.password") && shown.contains("alice") && shown.contains("group"), "{shown}");
     }
 }

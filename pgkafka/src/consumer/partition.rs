@@ -1,0 +1,371 @@
+//! One assigned partition: the poll thread's side (its queue to the task, duplicate and pause
+//! accounting, what is finished and committed) and its task, which handles the records strictly
+//! in offset order, a batch at a time.
+
+use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use rdkafka::message::{Headers as _, Message as _, OwnedMessage};
+use tokio::sync::mpsc::{self, error::TryRecvError, UnboundedReceiver, UnboundedSender};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info_span, Instrument as _};
+
+use super::dead_letter::{DeadLetterSender, Delivery};
+use super::halt::Halt;
+use super::origin::Origin;
+use super::processor::{Handled, RetryingProcessor};
+use super::ConsumerError;
+use crate::metrics::{
+    CONSUMER_BATCH_SIZE, CONSUMER_INVALID_MESSAGES, CONSUMER_LAG, CONSUMER_OPS_DUPLICATE, CONSUMER_OPS_FAILED,
+    CONSUMER_OPS_HANDLED, CONSUMER_RETRIES,
+};
+use crate::ReplicationOp;
+
+/// What every partition task needs, shared by all of them.
+pub(crate) struct PartitionContext {
+    pub(crate) processor: RetryingProcessor,
+    pub(crate) on_invalid: OnInvalid,
+    pub(crate) halt: Arc<Halt>,
+    pub(crate) runtime: tokio::runtime::Handle,
+}
+
+/// What a partition task does with a record that is not a valid `ReplicationOp`: the
+/// [`InvalidMessagePolicy`](super::InvalidMessagePolicy), with its dead-letter sender.
+pub(crate) enum OnInvalid {
+    Stop,
+    Skip,
+    DeadLetter(DeadLetterSender),
+}
+
+/// What the poll thread and a partition's task both see.
+#[derive(Debug)]
+struct Progress {
+    /// The offset to commit: one past the last record whose handling finished; -1 for none yet.
+    done: AtomicI64,
+    /// Records sent to the task and not yet taken by it.
+    queued: AtomicUsize,
+}
+
+impl Progress {
+    fn finish(&self, offset: i64) {
+        self.done.store(offset + 1, Ordering::Release);
+    }
+}
+
+/// What became of a record handed to [`Partition::dispatch`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Dispatched {
+    /// Queued for the task, which has `queued` records waiting now.
+    Queued { queued: usize },
+    /// At or below an offset already queued: librdkafka delivered it again after a pause.
+    Duplicate,
+    /// The task has ended (after a fatal error); the consumer is about to stop.
+    TaskEnded,
+}
+
+/// One assigned partition, as the poll thread keeps it.
+pub(crate) struct Partition {
+    topic: String,
+    partition: i32,
+    progress: Arc<Progress>,
+    worker: Option<Worker>,
+    /// Offset of the last record handed to the worker.
+    last_dispatched: i64,
+    /// The offset last committed to Kafka.
+    committed: i64,
+    paused: bool,
+    lag: metrics::Gauge,
+}
+
+struct Worker {
+    tx: UnboundedSender<OwnedMessage>,
+    stop: CancellationToken,
+    join: JoinHandle<()>,
+}
+
+/// A partition's task, told to stop, to be awaited.
+pub(crate) struct Stopping {
+    tx: UnboundedSender<OwnedMessage>,
+    join: JoinHandle<()>,
+}
+
+impl Stopping {
+    /// Waits until the task has finished the batch in hand.
+    pub(crate) async fn finished(self) -> Result<(), tokio::task::JoinError> {
+        drop(self.tx);
+        self.join.await
+    }
+}
+
+impl Partition {
+    pub(crate) fn new(topic: &str, partition: i32) -> Self {
+        Self {
+            topic: topic.to_owned(),
+            partition,
+            progress: Arc::new(Progress { done: AtomicI64::new(-1), queued: AtomicUsize::new(0) }),
+            worker: None,
+            last_dispatched: -1,
+            committed: -1,
+            paused: false,
+            lag: CONSUMER_LAG.partition_gauge(topic, partition),
+        }
+    }
+
+    pub(crate) fn topic(&self) -> &str {
+        &self.topic
+    }
+
+    /// Hands `message` to the partition's task, starting the task if needed.
+    pub(crate) fn dispatch(&mut self, context: &Arc<PartitionContext>, message: OwnedMessage) -> Dispatched {
+        let offset = message.offset();
+        if offset <= self.last_dispatched {
+            return Dispatched::Duplicate;
+        }
+        let worker = self.worker.get_or_insert_with(|| spawn(context, &self.topic, self.partition, &self.progress));
+        // Counted before sending: the task may take the record (and count it down) at once.
+        let queued = self.progress.queued.fetch_add(1, Ordering::AcqRel).saturating_add(1);
+        if worker.tx.send(message).is_err() {
+            self.progress.queued.fetch_sub(1, Ordering::AcqRel);
+            return Dispatched::TaskEnded;
+        }
+        self.last_dispatched = offset;
+        Dispatched::Queued { queued }
+    }
+
+    /// Whether the partition should be paused now: `max_queued` records wait and it is not yet.
+    pub(crate) fn should_pause(&self, queued: usize, max_queued: usize) -> bool {
+        queued >= max_queued && !self.paused
+    }
+
+    /// Whether a paused partition has drained below half of `max_queued`, so resuming it lets
+    /// librdkafka's next fetch overlap the handler's work on the other half.
+    pub(crate) fn should_resume(&self, max_queued: usize) -> bool {
+        self.paused && self.progress.queued.load(Ordering::Acquire) < max_queued / 2
+    }
+
+    pub(crate) fn set_paused(&mut self, paused: bool) {
+        self.paused = paused;
+    }
+
+    /// The offset to commit, when handling moved past the last commit.
+    pub(crate) fn to_commit(&self) -> Option<i64> {
+        let done = self.progress.done.load(Ordering::Acquire);
+        (done > self.committed).then_some(done)
+    }
+
+    /// Records that Kafka has `offset` committed.
+    pub(crate) fn committed(&mut self, offset: i64) {
+        self.committed = self.committed.max(offset);
+    }
+
+    /// Sets the lag gauge from the partition's end offset and the offset committed by the group
+    /// (librdkafka's statistics): records fetched but not yet handled count as lag too.
+    pub(crate) fn record_lag(&self, end_offset: i64, group_committed: i64) {
+        let done = self.progress.done.load(Ordering::Acquire).max(group_committed);
+        if end_offset >= 0 && done >= 0 {
+            self.lag.set((end_offset - done).max(0) as f64);
+        }
+    }
+
+    /// Tells the task (if any) to stop after the batch in hand; await the result to wait for it.
+    pub(crate) fn stop(&mut self) -> Option<Stopping> {
+        self.worker.take().map(|worker| {
+            worker.stop.cancel();
+            Stopping { tx: worker.tx, join: worker.join }
+        })
+    }
+}
+
+fn spawn(context: &Arc<PartitionContext>, topic: &str, partition: i32, progress: &Arc<Progress>) -> Worker {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let stop = context.halt.child_token();
+    let span = info_span!("partition", topic, partition);
+    let task = PartitionTask {
+        context: Arc::clone(context),
+        topic: topic.to_owned(),
+        partition,
+        progress: Arc::clone(progress),
+        rx,
+        stop: stop.clone(),
+        meters: PartitionMeters::new(topic, partition),
+    };
+    let join = context.runtime.spawn(task.run().instrument(span));
+    Worker { tx, stop, join }
+}
+
+/// A partition's metric handles, made once when its task starts so handling an op only
+/// increments them.
+struct PartitionMeters {
+    handled: metrics::Counter,
+    duplicates: metrics::Counter,
+    retries: metrics::Counter,
+    failed: metrics::Counter,
+    invalid: metrics::Counter,
+    batch_size: metrics::Histogram,
+}
+
+impl PartitionMeters {
+    fn new(topic: &str, partition: i32) -> Self {
+        Self {
+            handled: CONSUMER_OPS_HANDLED.partition_counter(topic, partition),
+            duplicates: CONSUMER_OPS_DUPLICATE.partition_counter(topic, partition),
+            retries: CONSUMER_RETRIES.partition_counter(topic, partition),
+            failed: CONSUMER_OPS_FAILED.partition_counter(topic, partition),
+            invalid: CONSUMER_INVALID_MESSAGES.partition_counter(topic, partition),
+            batch_size: CONSUMER_BATCH_SIZE.partition_histogram(topic, partition),
+        }
+    }
+}
+
+/// The task of one partition: takes its records in order and handles them one batch at a time.
+struct PartitionTask {
+    context: Arc<PartitionContext>,
+    topic: String,
+    partition: i32,
+    progress: Arc<Progress>,
+    rx: UnboundedReceiver<OwnedMessage>,
+    stop: CancellationToken,
+    meters: PartitionMeters,
+}
+
+enum Item {
+    Op(i64, ReplicationOp, Option<Origin>),
+    Invalid(OwnedMessage, String),
+}
+
+impl PartitionTask {
+    async fn run(mut self) {
+        let max_batch = self.context.processor.max_batch();
+        let linger = self.context.processor.linger();
+        loop {
+            let first = tokio::select! {
+                biased;
+                () = self.stop.cancelled() => return,
+                m = self.rx.recv() => match m { Some(m) => m, None => return },
+            };
+            let mut items = vec![decode(first)];
+            let deadline = Instant::now() + linger;
+            while items.len() < max_batch && matches!(items.last(), Some(Item::Op(..))) {
+                match self.rx.try_recv() {
+                    Ok(m) => items.push(decode(m)),
+                    Err(TryRecvError::Disconnected) => break,
+                    Err(TryRecvError::Empty) => {
+                        let left = deadline.saturating_duration_since(Instant::now());
+                        if left.is_zero() {
+                            break;
+                        }
+                        match tokio::time::timeout(left, self.rx.recv()).await {
+                            Ok(Some(m)) => items.push(decode(m)),
+                            _ => break,
+                        }
+                    }
+                }
+            }
+            self.progress.queued.fetch_sub(items.len(), Ordering::AcqRel);
+
+            let invalid = match items.last() {
+                Some(Item::Invalid(..)) => items.pop(),
+                _ => None,
+            };
+            let mut offsets = Vec::with_capacity(items.len());
+            let mut ops = Vec::with_capacity(items.len());
+            let mut origins = Vec::with_capacity(items.len());
+            for item in items {
+                if let Item::Op(offset, op, origin) = item {
+                    offsets.push(offset);
+                    ops.push(op);
+                    origins.push(origin);
+                }
+            }
+            if !self.handle_ops(&ops, &offsets, &origins).await {
+                return;
+            }
+            if let Some(Item::Invalid(message, reason)) = invalid {
+                if !self.handle_invalid(message, reason).await {
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Handles `ops` until done; false when the task must end.
+    async fn handle_ops(&self, ops: &[ReplicationOp], offsets: &[i64], origins: &[Option<Origin>]) -> bool {
+        let (Some(&first), Some(&last)) = (offsets.first(), offsets.last()) else { return true };
+        let handled = self
+            .context
+            .processor
+            .process(&self.topic, self.partition, offsets, ops, origins, &self.stop, &self.meters.retries)
+            .await;
+        match handled {
+            Handled::Done(outcome) => {
+                self.progress.finish(last);
+                self.meters.handled.increment(outcome.applied);
+                if outcome.duplicates > 0 {
+                    self.meters.duplicates.increment(outcome.duplicates);
+                    debug!(offsets = ?(first..=last), duplicates = outcome.duplicates, "skipped ops already applied");
+                }
+                self.meters.batch_size.record(ops.len() as f64);
+                true
+            }
+            Handled::Stopped => false,
+            Handled::Failed(e) => {
+                self.meters.failed.increment(1);
+                error!(offsets = ?(first..=last), "fatal error, stopping the consumer: {e}");
+                self.context.halt.fail(e);
+                false
+            }
+        }
+    }
+
+    /// Applies the invalid-message policy; false when the task must end.
+    async fn handle_invalid(&self, message: OwnedMessage, reason: String) -> bool {
+        let offset = message.offset();
+        let error = ConsumerError::InvalidMessage { topic: self.topic.clone(), partition: self.partition, offset, reason };
+        self.meters.invalid.increment(1);
+        match &self.context.on_invalid {
+            OnInvalid::Skip => {
+                error!("skipping: {error}");
+                self.progress.finish(offset);
+                true
+            }
+            OnInvalid::DeadLetter(dead_letter) => {
+                match dead_letter.send(&message, &error, &self.stop).await {
+                    Delivery::Sent => {
+                        error!("sent to dead-letter topic {}: {error}", dead_letter.topic());
+                        self.progress.finish(offset);
+                        true
+                    }
+                    Delivery::Stopped => false,
+                    Delivery::Refused(e) => {
+                        error!("cannot write to dead-letter topic {}: {e}; stopping on: {error}", dead_letter.topic());
+                        self.context.halt.fail(error);
+                        false
+                    }
+                }
+            }
+            OnInvalid::Stop => {
+                error!("stopping: {error}");
+                self.context.halt.fail(error);
+                false
+            }
+        }
+    }
+}
+
+fn decode(message: OwnedMessage) -> Item {
+    let parsed = match message.payload() {
+        None => Err("the record has no value".to_owned()),
+        Some(bytes) => serde_json::from_slice::<ReplicationOp>(bytes).map_err(|e| e.to_string()),
+    };
+    // The producer's origin headers; a record with broken ones is invalid like a broken value.
+    let origin = match message.headers() {
+        None => Ok(None),
+        Some(headers) => Origin::from_headers(headers.iter().map(|h| (h.key, h.value))),
+    };
+    match (parsed, origin) {
+        (Ok(op), Ok(origin)) => Item::Op(message.offset(), op, origin),
+        (Err(reason), _) | (_, Err(reason)) => Item::Invalid(message, reason),
+    }
+}
