@@ -10,10 +10,10 @@ use sqlx::{Executor as _, PgPool};
 use pgkafka_common::ident::{qualified, quote_ident};
 
 use super::origin::{Diverged, Origin, Step, Stored};
-use super::processor::{Outcome, Processor};
+use super::processor::{Batch, Outcome, Processor};
 use super::{state_table, ConsumerError, IdempotentApplication, Settings};
 use crate::redact::redact;
-use crate::{Lsn, ReplicationOp};
+use crate::Lsn;
 
 pub(crate) struct IdempotentProcessor<A> {
     app: A,
@@ -150,7 +150,7 @@ impl<A: IdempotentApplication> Processor for IdempotentProcessor<A> {
         self.linger
     }
 
-    async fn process(&self, topic: &str, partition: i32, offsets: &[i64], ops: &[ReplicationOp], origins: &[Option<Origin>]) -> Result<Outcome, ConsumerError> {
+    async fn process(&self, topic: &str, partition: i32, batch: Batch<'_>) -> Result<Outcome, ConsumerError> {
         let mut tx = self.pool.begin().await?;
         sqlx::query(&self.ensure_row)
             .bind(&self.group_id)
@@ -171,7 +171,7 @@ impl<A: IdempotentApplication> Processor for IdempotentProcessor<A> {
         // An op from another origin stops the consumer after the ops before it are stored: they
         // were applied, and a restart then begins exactly at the op that needs an operator.
         let mut diverged = None;
-        for ((op, &offset), origin) in ops.iter().zip(offsets).zip(origins) {
+        for ((op, &offset), origin) in batch.ops.iter().zip(batch.offsets).zip(batch.origins) {
             let this = (op.lsn, op.seq_id);
             match state.judge(this, origin.as_ref()) {
                 Ok(Step::Duplicate) => {

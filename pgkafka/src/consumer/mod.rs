@@ -523,8 +523,16 @@ impl<A: IdempotentApplication> Consumer<A> {
     /// | `lsn` | `pg_lsn` | `lsn` of the last op applied (`NULL`: none yet) |
     /// | `seq_id` | `numeric(20,0)` | `seq_id` of that op (`numeric`: a `u64` does not fit a `bigint`) |
     /// | `updated_at` | `timestamptz` | when it last moved |
+    /// | `system_id`, `timeline`, `slot` | `text`, `bigint`, `text` | the origin of that op, from its record's headers (`NULL` without them) |
     ///
-    /// with primary key `(group_id, topic, partition)`. It is created at start if missing.
+    /// with primary key `(group_id, topic, partition)`. It is created at start if missing;
+    /// otherwise its primary key and column types are checked (a wrong table is a
+    /// [`ConsumerError::Config`] naming the column and the expected type), and a table of the
+    /// earlier shape gets the origin columns.
+    ///
+    /// An op whose origin (another cluster or slot, or a timeline that went back below the stored
+    /// position) does not continue the stored position is neither applied nor skipped:
+    /// [`ConsumerError::OriginChanged`] says what happened and how to reset the partition's row.
     ///
     /// For each op (or batch of ops) of a partition the consumer begins a transaction, locks the
     /// partition's row (`SELECT ... FOR UPDATE`, inserting it first if missing), skips every op
@@ -533,7 +541,8 @@ impl<A: IdempotentApplication> Consumer<A> {
     /// with the same transaction, stores the new position and commits. The database, not Kafka,
     /// is the truth: Kafka offsets are committed only as a starting point. Because the row is
     /// locked, two instances that both believe they own a partition (during a rebalance, or a
-    /// zombie) take turns, and the second sees what the first applied.
+    /// zombie) take turns, and the second sees what the first applied. A zombie frozen inside its
+    /// transaction holds the lock at most [`Consumer::transaction_idle_timeout`].
     ///
     /// An application error rolls the transaction back, its writes with it; the op is retried
     /// (transient) or the consumer stops (fatal).
@@ -549,8 +558,9 @@ impl<A: IdempotentApplication> Consumer<A> {
     /// `batch_size(1)` for one transaction per op.
     ///
     /// # Errors
-    /// As [`Consumer::start_basic`], plus a database that cannot be reached at start or a state
-    /// table that cannot be created.
+    /// As [`Consumer::start_basic`], plus a database that cannot be reached at start, a state
+    /// table that cannot be created or has the wrong shape, and
+    /// [`ConsumerError::OriginChanged`].
     pub async fn start_idempotent(self, connection_string: &str) -> Result<(), ConsumerError> {
         self.app.validate()?;
         let processor = idempotent::IdempotentProcessor::connect(self.app, &self.settings, connection_string).await?;

@@ -144,16 +144,13 @@ impl Stored {
     ///
     /// # Errors
     /// [`Diverged`] when the op belongs to another history than the stored position.
-    pub(crate) fn judge(&self, position: (u64, u64), origin: Option<&Origin>) -> Result<Step, Diverged> {
+    pub(crate) fn judge(&self, position: (u64, u64), origin: Option<&Origin>) -> Result<Step, Box<Diverged>> {
         let Some(stored_position) = self.position else { return Ok(Step::Apply) };
         let after = position > stored_position;
         let as_before = if after { Step::Apply } else { Step::Duplicate };
         let (Some(stored_origin), Some(origin)) = (&self.origin, origin) else { return Ok(as_before) };
-        let diverged = || Diverged {
-            stored_position,
-            stored_origin: stored_origin.clone(),
-            position,
-            origin: origin.clone(),
+        let diverged = || {
+            Box::new(Diverged { stored_position, stored_origin: stored_origin.clone(), position, origin: origin.clone() })
         };
         if stored_origin.system_id != origin.system_id || stored_origin.slot != origin.slot {
             return Err(diverged());
@@ -175,7 +172,7 @@ impl Stored {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used, clippy::expect_used)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 mod tests {
     use super::*;
 

@@ -15,7 +15,7 @@ use tracing::{debug, error, info_span, Instrument as _};
 use super::dead_letter::{DeadLetterSender, Delivery};
 use super::halt::Halt;
 use super::origin::Origin;
-use super::processor::{Handled, RetryingProcessor};
+use super::processor::{Batch, Handled, RetryingProcessor};
 use super::ConsumerError;
 use crate::metrics::{
     CONSUMER_BATCH_SIZE, CONSUMER_INVALID_MESSAGES, CONSUMER_LAG, CONSUMER_OPS_DUPLICATE, CONSUMER_OPS_FAILED,
@@ -296,7 +296,7 @@ impl PartitionTask {
         let handled = self
             .context
             .processor
-            .process(&self.topic, self.partition, offsets, ops, origins, &self.stop, &self.meters.retries)
+            .process(&self.topic, self.partition, Batch { offsets, ops, origins }, &self.stop, &self.meters.retries)
             .await;
         match handled {
             Handled::Done(outcome) => {

@@ -158,7 +158,7 @@ fn refused(table: &str, what: &str, error: sqlx::Error) -> ConsumerError {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used, clippy::expect_used)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 mod tests {
     use super::*;
 
