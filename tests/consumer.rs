@@ -8,7 +8,9 @@
 
 mod basic;
 mod crash;
+mod faults;
 mod idempotent;
+mod lifecycle;
 mod poison;
 
 use std::collections::{BTreeMap, HashMap};
@@ -23,8 +25,6 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::task::JoinHandle;
 
-#[path = "consumer/lifecycle.rs"]
-mod lifecycle;
 
 /// A `lsn` base just below 2^63, so a stream crosses the signed 64-bit boundary: a state stored
 /// or compared as `bigint` would put the later ops before the earlier ones.

@@ -69,6 +69,35 @@ pub enum ConsumerError {
     /// Fatal: the same bytes would fail the same way on every retry.
     #[error("{0}")]
     Decode(#[from] pgkafka_common::DecodeError),
+    /// The application panicked while handling an op. Fatal: the consumer stops without
+    /// committing past the op (an idempotent consumer's transaction is rolled back), so a restart
+    /// with the bug fixed handles it again.
+    #[error("the handler panicked on {topic} partition {partition} offset {offset}: {message}; the consumer stopped without committing past this op")]
+    HandlerPanicked {
+        /// Topic of the op's record.
+        topic: String,
+        /// Partition of the op's record.
+        partition: i32,
+        /// Offset of the op's record.
+        offset: i64,
+        /// The panic's message (its payload, when it is a string).
+        message: String,
+    },
+    /// The idempotent consumer met an op from another origin than its stored position (another
+    /// database cluster or slot, or a timeline that went back below it): its LSN cannot be
+    /// compared with the stored one, so the op is neither applied nor skipped. The reason says
+    /// what happened and how to reset the partition's position.
+    #[error("{topic} partition {partition} offset {offset}: {reason}")]
+    OriginChanged {
+        /// Topic of the op's record.
+        topic: String,
+        /// Partition of the op's record.
+        partition: i32,
+        /// Offset of the op's record.
+        offset: i64,
+        /// What changed, and the statements that reset the position.
+        reason: String,
+    },
     /// An op of a table that no typed handler is routed for (see `typed::Router`).
     #[error("no handler is routed for table {table}; route it, or call ignore_unknown_tables()")]
     UnhandledTable {
@@ -113,8 +142,10 @@ fn is_transient_database_error(error: &sqlx::Error) -> bool {
         sqlx::Error::Database(db) => db.code().is_some_and(|code| {
             let code = code.as_ref();
             // 40001 serialization_failure, 40P01 deadlock_detected, 08 connection exceptions,
-            // 53 insufficient resources, 57P01-57P03 shutdown / cannot connect now, 55P03 lock_not_available.
+            // 53 insufficient resources, 57P01-57P03 shutdown / cannot connect now, 55P03 lock_not_available,
+            // 25P03 idle_in_transaction_session_timeout (the session was ended; a new one may retry).
             code == "40001"
+                || code == "25P03"
                 || code == "40P01"
                 || code == "55P03"
                 || code.starts_with("08")

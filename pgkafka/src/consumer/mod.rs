@@ -33,9 +33,11 @@ mod dead_letter;
 mod error;
 mod halt;
 mod idempotent;
+mod origin;
 mod partition;
 mod processor;
 mod run;
+mod state_table;
 
 use std::fmt;
 use std::sync::Arc;
@@ -44,6 +46,7 @@ use std::time::Duration;
 pub use error::ConsumerError;
 
 use async_trait::async_trait;
+use futures::FutureExt as _;
 use sqlx::{Postgres, Transaction};
 use tokio_util::sync::CancellationToken;
 
@@ -162,9 +165,27 @@ pub fn current_message() -> Option<MessageInfo> {
     CURRENT_MESSAGE.try_with(Clone::clone).ok()
 }
 
-/// Runs `handler` with `current_message()` telling where its op came from.
-pub(crate) async fn with_message<F: std::future::Future>(topic: &str, partition: i32, offset: i64, handler: F) -> F::Output {
-    CURRENT_MESSAGE.scope(MessageInfo { topic: topic.to_owned(), partition, offset }, handler).await
+/// Runs the application's `handler` for the op of the record at `topic`/`partition`/`offset`, with
+/// `current_message()` telling where it came from. A panic in it becomes the fatal
+/// [`ConsumerError::HandlerPanicked`] instead of ending the partition's task: a retry would most
+/// likely panic again, and a silent stall is the one outcome a consumer must never have.
+pub(crate) async fn call_handler<F>(topic: &str, partition: i32, offset: i64, handler: F) -> Result<(), ConsumerError>
+where
+    F: std::future::Future<Output = Result<(), ConsumerError>>,
+{
+    let scoped = CURRENT_MESSAGE.scope(MessageInfo { topic: topic.to_owned(), partition, offset }, handler);
+    // Unwind safety: after a panic the consumer stops and never calls the application again.
+    match std::panic::AssertUnwindSafe(scoped).catch_unwind().await {
+        Ok(result) => result,
+        Err(payload) => {
+            let message = match (payload.downcast_ref::<&str>(), payload.downcast_ref::<String>()) {
+                (Some(text), _) => (*text).to_owned(),
+                (None, Some(text)) => text.clone(),
+                (None, None) => "a panic without a message".to_owned(),
+            };
+            Err(ConsumerError::HandlerPanicked { topic: topic.to_owned(), partition, offset, message })
+        }
+    }
 }
 
 /// What the consumer does with a Kafka record that is not a valid [`ReplicationOp`] (not JSON,
@@ -244,6 +265,7 @@ pub(crate) struct Settings {
     pub(crate) batch_size: usize,
     pub(crate) batch_linger: Duration,
     pub(crate) pool_size: Option<u32>,
+    pub(crate) transaction_idle_timeout: Option<Duration>,
     pub(crate) max_queued_per_partition: usize,
     pub(crate) shutdown: CancellationToken,
 }
@@ -321,6 +343,7 @@ impl<A> Consumer<A> {
                 batch_size: 100,
                 batch_linger: Duration::from_millis(5),
                 pool_size: None,
+                transaction_idle_timeout: None,
                 max_queued_per_partition: 20_000,
                 shutdown: CancellationToken::new(),
             },
@@ -440,6 +463,24 @@ impl<A> Consumer<A> {
         self
     }
 
+    /// How long the idempotent consumer's database sessions may sit idle inside a transaction
+    /// before PostgreSQL ends them (`idle_in_transaction_session_timeout`; default: the Kafka
+    /// `session.timeout.ms` given through [`Consumer::kafka_option`], else librdkafka's 45 s;
+    /// `Duration::ZERO` turns it off).
+    ///
+    /// This bounds how long a frozen instance (SIGSTOP, a VM pause, a long GC) can keep a
+    /// partition's row lock: when the group hands its partitions to another member, about a
+    /// session timeout after the freeze, the frozen instance's transaction is gone and the new
+    /// owner goes on. When it wakes, its transaction fails and is retried, and it sees what the new
+    /// owner applied. The price: a handler that keeps its transaction idle longer than this (a
+    /// slow call to another service between two statements) has its session ended and the batch
+    /// retried.
+    #[must_use]
+    pub fn transaction_idle_timeout(mut self, timeout: Duration) -> Self {
+        self.settings.transaction_idle_timeout = Some(timeout);
+        self
+    }
+
     /// Stops the consumer when `token` is cancelled (see [`ShutdownHandle`] for what a stop does).
     /// Replaces the consumer's own token, so handles taken before this call no longer apply.
     #[must_use]
@@ -493,8 +534,16 @@ impl<A: IdempotentApplication> Consumer<A> {
     /// | `lsn` | `pg_lsn` | `lsn` of the last op applied (`NULL`: none yet) |
     /// | `seq_id` | `numeric(20,0)` | `seq_id` of that op (`numeric`: a `u64` does not fit a `bigint`) |
     /// | `updated_at` | `timestamptz` | when it last moved |
+    /// | `system_id`, `timeline`, `slot` | `text`, `bigint`, `text` | the origin of that op, from its record's headers (`NULL` without them) |
     ///
-    /// with primary key `(group_id, topic, partition)`. It is created at start if missing.
+    /// with primary key `(group_id, topic, partition)`. It is created at start if missing;
+    /// otherwise its primary key and column types are checked (a wrong table is a
+    /// [`ConsumerError::Config`] naming the column and the expected type), and a table of the
+    /// earlier shape gets the origin columns.
+    ///
+    /// An op whose origin (another cluster or slot, or a timeline that went back below the stored
+    /// position) does not continue the stored position is neither applied nor skipped:
+    /// [`ConsumerError::OriginChanged`] says what happened and how to reset the partition's row.
     ///
     /// For each op (or batch of ops) of a partition the consumer begins a transaction, locks the
     /// partition's row (`SELECT ... FOR UPDATE`, inserting it first if missing), skips every op
@@ -503,7 +552,8 @@ impl<A: IdempotentApplication> Consumer<A> {
     /// with the same transaction, stores the new position and commits. The database, not Kafka,
     /// is the truth: Kafka offsets are committed only as a starting point. Because the row is
     /// locked, two instances that both believe they own a partition (during a rebalance, or a
-    /// zombie) take turns, and the second sees what the first applied.
+    /// zombie) take turns, and the second sees what the first applied. A zombie frozen inside its
+    /// transaction holds the lock at most [`Consumer::transaction_idle_timeout`].
     ///
     /// An application error rolls the transaction back, its writes with it; the op is retried
     /// (transient) or the consumer stops (fatal).
@@ -519,8 +569,9 @@ impl<A: IdempotentApplication> Consumer<A> {
     /// `batch_size(1)` for one transaction per op.
     ///
     /// # Errors
-    /// As [`Consumer::start_basic`], plus a database that cannot be reached at start or a state
-    /// table that cannot be created.
+    /// As [`Consumer::start_basic`], plus a database that cannot be reached at start, a state
+    /// table that cannot be created or has the wrong shape, and
+    /// [`ConsumerError::OriginChanged`].
     ///
     /// # Cancellation
     /// As [`Consumer::start_basic`]: dropping the future stops the consumer.

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use rdkafka::message::{Message as _, OwnedMessage};
+use rdkafka::message::{Headers as _, Message as _, OwnedMessage};
 use tokio::sync::mpsc::{self, error::TryRecvError, UnboundedReceiver, UnboundedSender};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -14,7 +14,8 @@ use tracing::{debug, error, info_span, Instrument as _};
 
 use super::dead_letter::{DeadLetterSender, Delivery};
 use super::halt::Halt;
-use super::processor::{Handled, RetryingProcessor};
+use super::origin::Origin;
+use super::processor::{Batch, Handled, RetryingProcessor};
 use super::ConsumerError;
 use crate::metrics::{
     CONSUMER_BATCH_SIZE, CONSUMER_INVALID_MESSAGES, CONSUMER_LAG, CONSUMER_OPS_DUPLICATE, CONSUMER_OPS_FAILED,
@@ -236,7 +237,7 @@ struct PartitionTask {
 }
 
 enum Item {
-    Op(i64, ReplicationOp),
+    Op(i64, ReplicationOp, Option<Origin>),
     Invalid(OwnedMessage, String),
 }
 
@@ -276,13 +277,15 @@ impl PartitionTask {
             };
             let mut offsets = Vec::with_capacity(items.len());
             let mut ops = Vec::with_capacity(items.len());
+            let mut origins = Vec::with_capacity(items.len());
             for item in items {
-                if let Item::Op(offset, op) = item {
+                if let Item::Op(offset, op, origin) = item {
                     offsets.push(offset);
                     ops.push(op);
+                    origins.push(origin);
                 }
             }
-            if !self.handle_ops(&ops, &offsets).await {
+            if !self.handle_ops(&ops, &offsets, &origins).await {
                 return;
             }
             if let Some(Item::Invalid(message, reason)) = invalid {
@@ -294,12 +297,12 @@ impl PartitionTask {
     }
 
     /// Handles `ops` until done; false when the task must end.
-    async fn handle_ops(&self, ops: &[ReplicationOp], offsets: &[i64]) -> bool {
+    async fn handle_ops(&self, ops: &[ReplicationOp], offsets: &[i64], origins: &[Option<Origin>]) -> bool {
         let (Some(&first), Some(&last)) = (offsets.first(), offsets.last()) else { return true };
         let handled = self
             .context
             .processor
-            .process(&self.topic, self.partition, offsets, ops, &self.stop, &self.meters.retries)
+            .process(&self.topic, self.partition, Batch { offsets, ops, origins }, &self.stop, &self.meters.retries)
             .await;
         match handled {
             Handled::Done(outcome) => {
@@ -362,8 +365,13 @@ fn decode(message: OwnedMessage) -> Item {
         None => Err("the record has no value".to_owned()),
         Some(bytes) => serde_json::from_slice::<ReplicationOp>(bytes).map_err(|e| e.to_string()),
     };
-    match parsed {
-        Ok(op) => Item::Op(message.offset(), op),
-        Err(reason) => Item::Invalid(message, reason),
+    // The producer's origin headers; a record with broken ones is invalid like a broken value.
+    let origin = match message.headers() {
+        None => Ok(None),
+        Some(headers) => Origin::from_headers(headers.iter().map(|h| (h.key, h.value))),
+    };
+    match (parsed, origin) {
+        (Ok(op), Ok(origin)) => Item::Op(message.offset(), op, origin),
+        (Err(reason), _) | (_, Err(reason)) => Item::Invalid(message, reason),
     }
 }

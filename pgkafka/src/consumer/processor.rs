@@ -10,6 +10,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
+use super::origin::Origin;
 use super::{BasicApplication, ConsumerError};
 use crate::{Backoff, ReplicationOp};
 
@@ -20,8 +21,8 @@ pub(crate) trait Processor: Send + Sync + 'static {
     fn max_batch(&self) -> usize;
     /// How long to wait for more ops to fill a batch.
     fn linger(&self) -> Duration;
-    /// Handles `ops` (consecutive, of one partition, at `offsets`) as one unit: all or nothing.
-    async fn process(&self, topic: &str, partition: i32, offsets: &[i64], ops: &[ReplicationOp]) -> Result<Outcome, ConsumerError>;
+    /// Handles `batch` (consecutive ops of one partition) as one unit: all or nothing.
+    async fn process(&self, topic: &str, partition: i32, batch: Batch<'_>) -> Result<Outcome, ConsumerError>;
 }
 
 /// What a `process` call did.
@@ -52,12 +53,21 @@ impl<A: BasicApplication> Processor for BasicProcessor<A> {
         Duration::ZERO
     }
 
-    async fn process(&self, topic: &str, partition: i32, offsets: &[i64], ops: &[ReplicationOp]) -> Result<Outcome, ConsumerError> {
-        for (op, &offset) in ops.iter().zip(offsets) {
-            super::with_message(topic, partition, offset, self.app.handle_message(op)).await?;
+    async fn process(&self, topic: &str, partition: i32, batch: Batch<'_>) -> Result<Outcome, ConsumerError> {
+        for (op, &offset) in batch.ops.iter().zip(batch.offsets) {
+            super::call_handler(topic, partition, offset, self.app.handle_message(op)).await?;
         }
-        Ok(Outcome { applied: ops.len() as u64, duplicates: 0 })
+        Ok(Outcome { applied: batch.ops.len() as u64, duplicates: 0 })
     }
+}
+
+/// Consecutive ops of one partition, handled as one unit: their records' offsets, the ops, and
+/// the origins their records' headers name.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Batch<'a> {
+    pub(crate) offsets: &'a [i64],
+    pub(crate) ops: &'a [ReplicationOp],
+    pub(crate) origins: &'a [Option<Origin>],
 }
 
 /// How a batch ended in [`RetryingProcessor::process`].
@@ -92,14 +102,13 @@ impl RetryingProcessor {
         self.processor.linger()
     }
 
-    /// Processes `ops` (at `offsets`) until done, a fatal error, or `stop`: a transient error
+    /// Processes `batch` until done, a fatal error, or `stop`: a transient error
     /// retries the same batch after a backoff (counted in `retries`), which `stop` cuts short.
     pub(crate) async fn process(
         &self,
         topic: &str,
         partition: i32,
-        offsets: &[i64],
-        ops: &[ReplicationOp],
+        batch: Batch<'_>,
         stop: &CancellationToken,
         retries: &metrics::Counter,
     ) -> Handled {
@@ -110,13 +119,13 @@ impl RetryingProcessor {
                 () = stop.cancelled() => return Handled::Stopped,
                 permit = self.permits.acquire() => permit,
             };
-            let result = self.processor.process(topic, partition, offsets, ops).await;
+            let result = self.processor.process(topic, partition, batch).await;
             drop(permit);
             match result {
                 Ok(outcome) => return Handled::Done(outcome),
                 Err(e) if e.is_transient() => {
                     retries.increment(1);
-                    let offsets = offsets.first().zip(offsets.last()).map(|(first, last)| *first..=*last);
+                    let offsets = batch.offsets.first().zip(batch.offsets.last()).map(|(first, last)| *first..=*last);
                     warn!(?offsets, "transient error, retrying in {:?}: {e}", backoff.peek());
                     if !backoff.wait(stop.cancelled()).await {
                         return Handled::Stopped;

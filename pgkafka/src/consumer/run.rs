@@ -127,7 +127,14 @@ impl Assignment {
                     Err(e) => warn!(topic = partition.topic(), partition = p, "cannot pause: {e}"),
                 }
             }
-            Dispatched::Queued { .. } | Dispatched::TaskEnded => {}
+            Dispatched::Queued { .. } => {}
+            // After a fatal error the task ended on purpose and the halt already holds the error
+            // (it keeps the first). Otherwise the task died without a word: never drop the
+            // partition's records silently.
+            Dispatched::TaskEnded => self.context.halt.fail(ConsumerError::fatal(format!(
+                "the task of {} partition {p} ended unexpectedly; offset {offset} and later are not handled",
+                partition.topic()
+            ))),
             Dispatched::Duplicate => {
                 debug!(topic = partition.topic(), partition = p, offset, "record delivered twice by librdkafka; dropped");
             }
