@@ -11,7 +11,10 @@
 mod crash;
 mod disruption;
 mod lifecycle;
+mod refused;
+mod replayed_ddl;
 mod security;
+mod slot_loss;
 mod startup;
 mod stream;
 mod wal;

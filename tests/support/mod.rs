@@ -16,6 +16,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer as _};
 use rdkafka::ClientConfig;
 
 pub mod disrupt;
+pub mod kafka_proxy;
 pub mod producing;
 pub mod reference;
 
