@@ -7,10 +7,12 @@ mod error;
 mod kafka;
 mod schema;
 mod session;
+mod slot_guard;
 mod watermark;
 
 
 pub use error::ProducerError;
+pub use slot_guard::SlotMissingPolicy;
 
 use std::collections::HashMap;
 use std::time::Duration;
