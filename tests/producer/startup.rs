@@ -100,7 +100,11 @@ async fn startup_fails_when_replica_identity_is_not_full() {
     let sc = Scenario::new("p_v_ident", vec![table]).await;
     sc.pg.batch_execute(&format!("ALTER TABLE {t} REPLICA IDENTITY DEFAULT")).await.unwrap();
     let message = startup_error(&sc).await;
-    let fix = [format!("ALTER TABLE {t} REPLICA IDENTITY FULL"), format!("ALTER TABLE public.{t} REPLICA IDENTITY FULL")];
+    let fix = [
+        format!("ALTER TABLE {t} REPLICA IDENTITY FULL"),
+        format!("ALTER TABLE public.{t} REPLICA IDENTITY FULL"),
+        format!("ALTER TABLE \"public\".\"{t}\" REPLICA IDENTITY FULL"),
+    ];
     assert!(fix.iter().any(|f| message.contains(f.as_str())), "the error does not show the fix {:?}:\n{message}", fix[0]);
     sc.cleanup().await;
 }

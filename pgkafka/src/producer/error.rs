@@ -73,3 +73,53 @@ pub enum ProducerError {
     #[error("kafka: {0}")]
     Kafka(String),
 }
+
+/// How a failure ends the producer's current attempt, decided where the failure arises.
+#[derive(Debug)]
+pub(crate) enum Failure {
+    /// Stop the producer and return this.
+    Fatal(ProducerError),
+    /// Resume from the slot after a backoff.
+    Retry {
+        reason: String,
+        /// The Kafka client lost state it cannot recover (its idempotence sequence): make a new one.
+        new_kafka_client: bool,
+    },
+}
+
+impl Failure {
+    /// A failure that a new session may not have.
+    pub(crate) fn retry(reason: impl Into<String>) -> Self {
+        Self::Retry { reason: reason.into(), new_kafka_client: false }
+    }
+
+    /// A PostgreSQL failure that is retried once the producer has streamed, and is fatal on the
+    /// first attempt, so a wrong host or a missing permission stops `start()` at once.
+    pub(crate) fn postgres(message: String, attempt: Attempt) -> Self {
+        match attempt {
+            Attempt::First => Self::Fatal(ProducerError::Postgres(message)),
+            Attempt::Resume => Self::retry(message),
+        }
+    }
+
+    /// The error to return from an API call that does not retry ([`Producer::check`](super::Producer::check)).
+    pub(crate) fn into_error(self) -> ProducerError {
+        match self {
+            Self::Fatal(error) => error,
+            Self::Retry { reason, .. } => ProducerError::Postgres(reason),
+        }
+    }
+}
+
+impl From<ProducerError> for Failure {
+    fn from(error: ProducerError) -> Self {
+        Self::Fatal(error)
+    }
+}
+
+/// Whether a session is the producer's first or resumes after a lost one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Attempt {
+    First,
+    Resume,
+}

@@ -2,25 +2,32 @@
 //!
 //! See [`Producer`].
 
+mod catalog;
 mod connection;
+mod encode;
 mod error;
-mod kafka;
-mod schema;
+mod routes;
 mod session;
+mod sink;
+mod slot;
 mod slot_guard;
+mod startup;
 mod watermark;
-
 
 pub use error::ProducerError;
 pub use slot_guard::SlotMissingPolicy;
 
 use std::collections::HashMap;
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
+use self::error::{Attempt, Failure};
+use self::sink::Sink;
 pub use crate::shutdown::ShutdownHandle;
-use crate::{Lsn, TopicInfo};
+use crate::metrics::PRODUCER_RECONNECTS;
+use crate::{Backoff, Lsn, TopicInfo};
 
 /// What [`Producer::check`] found: the routes the producer would stream, and the slot.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -87,9 +94,10 @@ pub enum SlotInUsePolicy {
     Fail,
 }
 
-/// Everything a producer can be told. Build one with [`Producer::builder`].
+/// Everything a producer is told, as [`ProducerBuilder`] collects it. Crate-private: users
+/// configure through the builder, which is the one place defaults and limits are applied.
 #[derive(Debug, Clone)]
-pub struct ProducerConfig {
+pub(crate) struct ProducerConfig {
     pub(crate) connection_string: String,
     pub(crate) brokers: String,
     pub(crate) slot_name: String,
@@ -134,6 +142,7 @@ pub struct Producer {
 #[derive(Debug)]
 pub struct ProducerBuilder {
     config: ProducerConfig,
+    shutdown: CancellationToken,
 }
 
 impl Producer {
@@ -174,6 +183,7 @@ impl Producer {
                 reconnect_backoff_max: Duration::from_secs(30),
                 shutdown_timeout: Duration::from_secs(30),
             },
+            shutdown: CancellationToken::new(),
         }
     }
 
@@ -200,20 +210,17 @@ impl Producer {
     /// The first kind of problem found, saying what to fix (see [`ProducerError`]).
     pub async fn check(&self) -> Result<CheckReport, ProducerError> {
         let config = &self.config;
-        let connection = self.prepare()?;
-        let client = connection.connect().await.map_err(|e| {
-            ProducerError::Postgres(format!("cannot connect to PostgreSQL at {}: {}", connection.redacted, connection::with_sources(&e)))
-        })?;
-        let routes = schema::check(&client, &config.publication_name, &config.topic_map).await?;
-        let slot = match schema::inspect_slot(&client, &config.slot_name).await? {
+        let connection = startup::validate(config)?;
+        let sink = Arc::new(Sink::new(config)?);
+        let (client, routes) =
+            startup::preflight(config, &connection, &sink, Attempt::First).await.map_err(Failure::into_error)?;
+        let slot = match slot::inspect(&client, &config.slot_name, Attempt::First).await.map_err(Failure::into_error)? {
             None => SlotStatus::Missing,
-            Some(schema::SlotState { confirmed_flush, active_pid: None }) => SlotStatus::Idle { confirmed: confirmed_flush },
-            Some(schema::SlotState { confirmed_flush, active_pid: Some(pid) }) => {
+            Some(slot::SlotState { confirmed_flush, active_pid: None }) => SlotStatus::Idle { confirmed: confirmed_flush },
+            Some(slot::SlotState { confirmed_flush, active_pid: Some(pid) }) => {
                 SlotStatus::Active { confirmed: confirmed_flush, pid }
             }
         };
-        let sink = std::sync::Arc::new(kafka::KafkaSink::new(config, Lsn::INVALID)?);
-        sink.check_topics(routes.topics(), config.brokers.clone()).await?;
         Ok(CheckReport {
             tables: routes
                 .all()
@@ -227,77 +234,51 @@ impl Producer {
         })
     }
 
-    /// What `check` and `start` both need first: the crypto provider, the settings that need no
-    /// server to check, and the parsed connection string.
-    fn prepare(&self) -> Result<connection::ConnectionInfo, ProducerError> {
-        let config = &self.config;
-        // pgwire-replication and rustls need a process-wide crypto provider; keep one that the
-        // application installed.
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        schema::validate_slot_name(&config.slot_name)?;
-        if config.publication_name.is_empty() {
-            return Err(ProducerError::Config("the publication name is empty".into()));
-        }
-        if config.brokers.trim().is_empty() {
-            return Err(ProducerError::Config("the Kafka broker list is empty".into()));
-        }
-        connection::ConnectionInfo::parse(&config.connection_string)
-    }
-
     /// Checks the configuration and the database, then streams until shut down or a fatal error.
     ///
     /// # Errors
     /// A [`ProducerError`] saying what to fix. Lost connections are retried, not returned.
     pub async fn start(&self) -> Result<(), ProducerError> {
         let config = &self.config;
-        let connection = self.prepare()?;
+        let connection = startup::validate(config)?;
         let span = tracing::info_span!("pgkafka_producer", slot = %config.slot_name);
-
-        let reconnects = metrics::counter!("pgkafka_producer_reconnects_total", "slot" => config.slot_name.clone());
-        let mut sink = std::sync::Arc::new(kafka::KafkaSink::new(config, pgkafka_common::Lsn::INVALID)?);
-        let mut first = true;
-        let mut backoff = Duration::from_millis(250);
+        let reconnects = PRODUCER_RECONNECTS.slot_counter(&config.slot_name);
+        let mut sink = Arc::new(Sink::new(config)?);
+        let mut attempt = Attempt::First;
+        let mut backoff = Backoff::new(Duration::from_millis(250), config.reconnect_backoff_max);
         loop {
-            let started = std::time::Instant::now();
+            let started = Instant::now();
             let result = tracing::Instrument::instrument(
-                session::run(config, &connection, &sink, &self.shutdown, first),
+                session::run(config, &connection, &sink, &self.shutdown, attempt),
                 span.clone(),
             )
             .await;
-            match result {
+            let (reason, new_kafka_client) = match result {
                 Ok(()) => return Ok(()),
-                Err(session::SessionError::Fatal(error)) => {
+                Err(Failure::Fatal(error)) => {
                     // Deliver what can be delivered, so a restart re-sends as little as possible.
                     let _ = sink.drain(tokio::time::sleep(config.shutdown_timeout.min(Duration::from_secs(5)))).await;
                     return Err(error);
                 }
-                Err(session::SessionError::Retry { reason, recreate_kafka }) => {
-                    first = false;
-                    reconnects.increment(1);
-                    if started.elapsed() > Duration::from_secs(60) {
-                        backoff = Duration::from_millis(250);
-                    }
-                    tracing::warn!(parent: &span, %reason, retry_in = ?backoff, "replication session ended; resuming from the slot");
-                    if recreate_kafka {
-                        sink.purge();
-                        sink = std::sync::Arc::new(kafka::KafkaSink::new(config, pgkafka_common::Lsn::INVALID)?);
-                    } else {
-                        // Re-sent records must not overtake records of this session still in
-                        // flight: wait until Kafka has acknowledged all of them.
-                        if !sink.drain(self.shutdown.cancelled()).await {
-                            if self.shutdown.is_cancelled() {
-                                return Ok(());
-                            }
-                            sink.purge();
-                            sink = std::sync::Arc::new(kafka::KafkaSink::new(config, pgkafka_common::Lsn::INVALID)?);
-                        }
-                    }
-                    tokio::select! {
-                        () = self.shutdown.cancelled() => return Ok(()),
-                        () = tokio::time::sleep(backoff) => {}
-                    }
-                    backoff = (backoff * 2).min(config.reconnect_backoff_max);
+                Err(Failure::Retry { reason, new_kafka_client }) => (reason, new_kafka_client),
+            };
+            attempt = Attempt::Resume;
+            reconnects.increment(1);
+            if started.elapsed() > Duration::from_secs(60) {
+                backoff.reset();
+            }
+            tracing::warn!(parent: &span, %reason, retry_in = ?backoff.peek(), "replication session ended; resuming from the slot");
+            // Re-sent records must not overtake records of the last session still in flight:
+            // wait until Kafka has acknowledged all of them, or start over with a new client.
+            if new_kafka_client || !sink.drain(self.shutdown.cancelled()).await {
+                if self.shutdown.is_cancelled() {
+                    return Ok(());
                 }
+                sink.purge();
+                sink = Arc::new(Sink::new(config)?);
+            }
+            if !backoff.wait(self.shutdown.cancelled()).await {
+                return Ok(());
             }
         }
     }
@@ -357,9 +338,18 @@ impl ProducerBuilder {
         self
     }
 
+    /// Stops the producer when `token` is cancelled (see [`ShutdownHandle`] for what a stop
+    /// does), e.g. one token for every part of an application. Replaces the producer's own
+    /// token, so handles taken before this call no longer apply.
+    #[must_use]
+    pub fn with_shutdown_token(mut self, token: CancellationToken) -> Self {
+        self.shutdown = token;
+        self
+    }
+
     /// The producer.
     #[must_use]
     pub fn build(self) -> Producer {
-        Producer { config: self.config, shutdown: CancellationToken::new() }
+        Producer { config: self.config, shutdown: self.shutdown }
     }
 }

@@ -50,14 +50,19 @@ impl Watermark {
         }
     }
 
-    /// Kafka acknowledged a message of `tx`.
-    pub(crate) fn acked(&mut self, tx: TxId) {
+    /// A message of `tx` counted by [`sent`](Self::sent) was not handed to Kafka after all.
+    pub(crate) fn unsent(&mut self, tx: TxId) {
         if let Some(progress) = self.get_mut(tx) {
             if progress.unacked > 0 {
                 progress.unacked -= 1;
                 self.in_flight -= 1;
             }
         }
+    }
+
+    /// Kafka acknowledged a message of `tx`.
+    pub(crate) fn acked(&mut self, tx: TxId) {
+        self.unsent(tx);
         self.advance();
     }
 

@@ -1,0 +1,101 @@
+//! The replication slot on the control connection: its name's rules, its state, and creating it.
+
+use pgkafka_common::Lsn;
+use tokio_postgres::Client;
+
+use super::error::{Attempt, Failure};
+use super::ProducerError;
+
+/// Replication slot names PostgreSQL accepts: lower-case letters, digits and underscores.
+pub(crate) fn validate_name(slot: &str) -> Result<(), ProducerError> {
+    let valid = !slot.is_empty()
+        && slot.len() <= 63
+        && slot.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+    if valid {
+        Ok(())
+    } else {
+        Err(ProducerError::Config(format!(
+            "invalid replication slot name {slot:?}: PostgreSQL allows 1 to 63 lower-case letters, digits and underscores"
+        )))
+    }
+}
+
+/// The slot's state, after creating it if it was missing.
+#[derive(Debug)]
+pub(crate) struct SlotState {
+    pub(crate) confirmed_flush: Lsn,
+    pub(crate) active_pid: Option<i32>,
+}
+
+/// Finds the slot, creating it (pgoutput) if missing, and checks it suits the producer.
+pub(crate) async fn ensure(client: &Client, slot: &str, attempt: Attempt) -> Result<SlotState, Failure> {
+    if let Some(state) = inspect(client, slot, attempt).await? {
+        return Ok(state);
+    }
+    let created = client
+        .query_opt("SELECT lsn::text FROM pg_catalog.pg_create_logical_replication_slot($1, 'pgoutput')", &[&slot])
+        .await;
+    match created {
+        Ok(_) => tracing::info!(slot, "created logical replication slot (pgoutput)"),
+        // Another producer created it first: use it.
+        Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::DUPLICATE_OBJECT) => {}
+        Err(e) => {
+            return Err(Failure::postgres(
+                format!(
+                    "cannot create logical replication slot {slot}: {e} (the role needs the REPLICATION attribute, \
+                     and max_replication_slots must leave room)"
+                ),
+                attempt,
+            ))
+        }
+    }
+    inspect(client, slot, attempt).await?.ok_or_else(|| {
+        Failure::postgres(format!("replication slot {slot} vanished right after it was created"), attempt)
+    })
+}
+
+/// The slot's state, or `None` if it does not exist; an error if it cannot serve the producer.
+pub(crate) async fn inspect(client: &Client, slot: &str, attempt: Attempt) -> Result<Option<SlotState>, Failure> {
+    let row = client
+        .query_opt(
+            "SELECT s.plugin::text, s.slot_type, s.database::text, current_database()::text, \
+             s.active_pid, COALESCE(s.confirmed_flush_lsn, '0/0')::text \
+             FROM pg_catalog.pg_replication_slots s WHERE s.slot_name = $1",
+            &[&slot],
+        )
+        .await
+        .map_err(|e| Failure::postgres(format!("inspecting replication slot {slot}: {e}"), attempt))?;
+    let Some(row) = row else { return Ok(None) };
+    let plugin: Option<String> = row.get(0);
+    let slot_type: String = row.get(1);
+    let database: Option<String> = row.get(2);
+    let current: String = row.get(3);
+    if slot_type != "logical" || plugin.as_deref() != Some("pgoutput") {
+        return Err(Failure::Fatal(ProducerError::Config(format!(
+            "replication slot {slot} exists but is a {slot_type} slot with plugin {}; pgkafka needs a logical \
+             pgoutput slot. Choose another slot name, or drop it with SELECT pg_drop_replication_slot('{slot}')",
+            plugin.as_deref().unwrap_or("none")
+        ))));
+    }
+    if database.as_deref() != Some(current.as_str()) {
+        return Err(Failure::Fatal(ProducerError::Config(format!(
+            "replication slot {slot} belongs to database {}, but the connection string names database {current}",
+            database.as_deref().unwrap_or("?")
+        ))));
+    }
+    let confirmed: String = row.get(5);
+    Ok(Some(SlotState { confirmed_flush: confirmed.parse().unwrap_or_default(), active_pid: row.get(4) }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slot_names_follow_postgres_rules() {
+        assert!(validate_name("slot_1").is_ok());
+        for bad in ["", "Slot", "slot-1", "slot;drop", &"x".repeat(64)] {
+            assert!(validate_name(bad).is_err(), "{bad:?}");
+        }
+    }
+}
