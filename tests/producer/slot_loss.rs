@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use pgkafka::{Lsn, ProducerError};
+use pgkafka::{Lsn, ProducerError, SlotMissingPolicy};
 use pgkafka_tests::producing::{slot_confirmed, RunningProducer};
 use pgkafka_tests::{unique_name, wait_for};
 
@@ -94,6 +94,7 @@ async fn a_slot_dropped_under_a_running_producer_stops_it_naming_the_last_confir
     }
     let error = stopped(&mut producer, &sc, "slot dropped under it").await;
     assert!(!slot_exists(&sc.pg, &sc.slot).await, "the producer re-created the dropped slot");
+    assert!(matches!(error, ProducerError::SlotLost { last_confirmed: Some(_), .. }), "{error:?}");
     let message = error.to_string();
     assert!(message.contains(&sc.slot), "the error does not name the slot: {message}");
     assert!(
@@ -106,7 +107,8 @@ async fn a_slot_dropped_under_a_running_producer_stops_it_naming_the_last_confir
 
 /// A producer stopped gracefully, its slot dropped while it was down, then started again: its
 /// topic holds records it wrote, so the missing slot means lost changes, and the start is refused
-/// (naming the slot and the topic) without creating a slot.
+/// (naming the slot and the topic) without creating a slot. `SlotMissingPolicy::Create` starts
+/// anew: a new slot, and changes from then on are delivered.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restart_without_the_slot_while_the_topics_hold_its_records_is_refused() {
     pgkafka_tests::init_tracing();
@@ -124,9 +126,28 @@ async fn a_restart_without_the_slot_while_the_topics_hold_its_records_is_refused
     let mut restarted = RunningProducer::spawn(sc.producer());
     let error = stopped(&mut restarted, &sc, "restart without its slot").await;
     assert!(!slot_exists(&sc.pg, &sc.slot).await, "the refused start created a slot");
+    assert!(matches!(error, ProducerError::SlotLost { .. }), "{error:?}");
     let message = error.to_string();
-    for part in [&sc.slot, &sc.topics[0]] {
+    for part in [&sc.slot, &sc.topics[0], &"SlotMissingPolicy::Create".to_owned()] {
         assert!(message.contains(part.as_str()), "the error does not name {part}: {message}");
     }
+    let check = sc.producer().check().await.expect_err("check() sees the same as start()");
+    assert!(matches!(check, ProducerError::SlotLost { .. }), "{check:?}");
+
+    let anew = sc.builder().slot_missing_policy(SlotMissingPolicy::Create).build();
+    let started = RunningProducer::start(anew, &sc.slot).await;
+    sc.pg.batch_execute(&format!("INSERT INTO {t} VALUES (7, 'after starting anew')")).await.unwrap();
+    let topic = &sc.topics[0];
+    wait_for("the row written after starting anew", DELIVERY, || async move {
+        let records = pgkafka_tests::read_topic(topic).await;
+        records.iter().any(|r| r.op().op.key_row()[0].as_deref() == Some("7")).then_some(())
+    })
+    .await;
+    let records = pgkafka_tests::read_topic(&sc.topics[0]).await;
+    assert!(
+        records.iter().all(|r| r.op().op.key_row()[0].as_deref() != Some("6")),
+        "a change made while no slot existed cannot have been streamed"
+    );
+    started.stop().await.expect("a graceful stop");
     sc.cleanup().await;
 }

@@ -25,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 
 use self::error::{Attempt, Failure};
 use self::sink::Sink;
+use self::slot_guard::SessionStart;
 pub use crate::shutdown::ShutdownHandle;
 use crate::metrics::PRODUCER_RECONNECTS;
 use crate::{Backoff, Lsn, TopicInfo};
@@ -55,7 +56,8 @@ pub struct CheckedTable {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum SlotStatus {
-    /// It does not exist yet; [`Producer::start`] creates it.
+    /// It does not exist yet, and the topics hold no records (or [`SlotMissingPolicy::Create`]
+    /// is set); [`Producer::start`] creates it.
     Missing,
     /// It exists and no connection streams from it.
     Idle {
@@ -106,6 +108,8 @@ pub(crate) struct ProducerConfig {
     pub(crate) kafka_options: Vec<(String, String)>,
     pub(crate) truncate_policy: TruncatePolicy,
     pub(crate) slot_in_use_policy: SlotInUsePolicy,
+    pub(crate) slot_missing_policy: SlotMissingPolicy,
+    pub(crate) slot_failover: bool,
     pub(crate) max_in_flight: usize,
     pub(crate) status_interval: Duration,
     pub(crate) reconnect_backoff_max: Duration,
@@ -178,6 +182,8 @@ impl Producer {
                 kafka_options: Vec::new(),
                 truncate_policy: TruncatePolicy::default(),
                 slot_in_use_policy: SlotInUsePolicy::default(),
+                slot_missing_policy: SlotMissingPolicy::default(),
+                slot_failover: true,
                 max_in_flight: 10_000,
                 status_interval: Duration::from_secs(1),
                 reconnect_backoff_max: Duration::from_secs(30),
@@ -215,10 +221,17 @@ impl Producer {
         let (client, routes) =
             startup::preflight(config, &connection, &sink, Attempt::First).await.map_err(Failure::into_error)?;
         let slot = match slot::inspect(&client, &config.slot_name, Attempt::First).await.map_err(Failure::into_error)? {
-            None => SlotStatus::Missing,
-            Some(slot::SlotState { confirmed_flush, active_pid: None }) => SlotStatus::Idle { confirmed: confirmed_flush },
-            Some(slot::SlotState { confirmed_flush, active_pid: Some(pid) }) => {
-                SlotStatus::Active { confirmed: confirmed_flush, pid }
+            None => {
+                let evidence = sink.records_in(routes.topics()).await?;
+                slot_guard::on_missing(&config.slot_name, SessionStart::First, config.slot_missing_policy, &evidence)?;
+                SlotStatus::Missing
+            }
+            Some(state) => {
+                state.usable(&config.slot_name)?;
+                match state.active_pid {
+                    None => SlotStatus::Idle { confirmed: state.confirmed_flush },
+                    Some(pid) => SlotStatus::Active { confirmed: state.confirmed_flush, pid },
+                }
             }
         };
         Ok(CheckReport {
@@ -244,12 +257,12 @@ impl Producer {
         let span = tracing::info_span!("pgkafka_producer", slot = %config.slot_name);
         let reconnects = PRODUCER_RECONNECTS.slot_counter(&config.slot_name);
         let mut sink = Arc::new(Sink::new(config)?);
-        let mut attempt = Attempt::First;
+        let mut start = SessionStart::First;
         let mut backoff = Backoff::new(Duration::from_millis(250), config.reconnect_backoff_max);
         loop {
             let started = Instant::now();
             let result = tracing::Instrument::instrument(
-                session::run(config, &connection, &sink, &self.shutdown, attempt),
+                session::run(config, &connection, &sink, &self.shutdown, start),
                 span.clone(),
             )
             .await;
@@ -262,7 +275,9 @@ impl Producer {
                 }
                 Err(Failure::Retry { reason, new_kafka_client }) => (reason, new_kafka_client),
             };
-            attempt = Attempt::Resume;
+            // What this process delivered for sure, should the slot be gone when it reconnects
+            // (the sink's position stays 0/0 when the session never opened the stream).
+            start = start.next(sink.progress().0);
             reconnects.increment(1);
             if started.elapsed() > Duration::from_secs(60) {
                 backoff.reset();
@@ -305,6 +320,24 @@ impl ProducerBuilder {
     #[must_use]
     pub fn slot_in_use_policy(mut self, policy: SlotInUsePolicy) -> Self {
         self.config.slot_in_use_policy = policy;
+        self
+    }
+
+    /// What to do when the slot does not exist at start while the mapped topics already hold
+    /// records (default [`SlotMissingPolicy::Refuse`]: stop with [`ProducerError::SlotLost`]).
+    /// A slot missing on a reconnect always stops the producer.
+    #[must_use]
+    pub fn slot_missing_policy(mut self, policy: SlotMissingPolicy) -> Self {
+        self.config.slot_missing_policy = policy;
+        self
+    }
+
+    /// Whether the slot is created with `failover = true` on PostgreSQL 17 and later (default
+    /// on), so standbys that synchronize slots (`sync_replication_slots`) have it after a
+    /// promotion. Older servers have no failover slots; this setting does nothing there.
+    #[must_use]
+    pub fn slot_failover(mut self, failover: bool) -> Self {
+        self.config.slot_failover = failover;
         self
     }
 

@@ -11,8 +11,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::connection::ConnectionInfo;
 use super::encode::{Encoded, Encoder, JsonValue};
-use super::error::{Attempt, Failure};
+use super::error::Failure;
 use super::sink::Sink;
+use super::slot_guard::SessionStart;
 use super::startup;
 use super::watermark::TxId;
 use super::{ProducerConfig, ProducerError, TruncatePolicy};
@@ -49,10 +50,10 @@ pub(crate) async fn run(
     connection: &ConnectionInfo,
     sink: &Arc<Sink>,
     shutdown: &CancellationToken,
-    attempt: Attempt,
+    start: SessionStart,
 ) -> Result<(), Failure> {
     let startup::Stream { routes, mut replication, confirmed } =
-        startup::open_stream(config, connection, sink, attempt).await?;
+        startup::open_stream(config, connection, sink, start).await?;
     sink.reset(confirmed);
     let mut session = Session {
         config,

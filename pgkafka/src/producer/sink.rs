@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::encode::Record;
 use super::error::Failure;
+use super::slot_guard::TopicRecords;
 use super::watermark::{TxId, Watermark};
 use super::{ProducerConfig, ProducerError};
 use crate::kafka_config::{self, KafkaClientConfig, Pinned};
@@ -58,14 +59,32 @@ pub(crate) fn client_config(config: &ProducerConfig) -> Result<KafkaClientConfig
 struct DeliveryFailure {
     topic: String,
     partition: i32,
+    /// The table and commit LSN the record carries, read back from its value.
+    origin: Option<RecordOrigin>,
     error: KafkaError,
+}
+
+/// The fields of a record's JSON value that say where it came from.
+#[derive(Debug, serde::Deserialize)]
+struct RecordOrigin {
+    table_name: String,
+    lsn: u64,
 }
 
 impl DeliveryFailure {
     /// A client-level fatal error means the idempotent producer lost its sequence state: a new
     /// client re-sends from the slot. Anything else the broker refused for good.
     fn into_failure(self) -> Failure {
-        let message = format!("Kafka did not accept a message for {}/{}: {}", self.topic, self.partition, self.error);
+        let record = match &self.origin {
+            Some(origin) => {
+                format!("a record of table {} (transaction committed at LSN {})", origin.table_name, Lsn(origin.lsn))
+            }
+            None => "a record".to_owned(),
+        };
+        let message = format!(
+            "Kafka did not accept {record} for topic {} partition {}: {}",
+            self.topic, self.partition, self.error
+        );
         if self.error.rdkafka_error_code() == Some(RDKafkaErrorCode::Fatal) {
             Failure::Retry { reason: message, new_kafka_client: true }
         } else {
@@ -130,6 +149,7 @@ impl ProducerContext for DeliveryContext {
                     *failure = Some(DeliveryFailure {
                         topic: message.topic().to_owned(),
                         partition: message.partition(),
+                        origin: message.payload().and_then(|value| serde_json::from_slice(value).ok()),
                         error: error.clone(),
                     });
                 }
@@ -199,6 +219,39 @@ impl Sink {
         })
         .await
         .map_err(|e| ProducerError::Kafka(format!("metadata check did not finish: {e}")))?
+    }
+
+    /// The partitions of `topics` that hold records (end offset above start offset): the trace an
+    /// earlier stream into them left. Topics that do not exist hold none. Off the async runtime.
+    pub(crate) async fn records_in(self: &Arc<Self>, topics: Vec<String>) -> Result<Vec<TopicRecords>, ProducerError> {
+        let sink = Arc::clone(self);
+        let unreadable = |what: String, e: &dyn std::fmt::Display| {
+            ProducerError::Kafka(format!(
+                "cannot read {what}, which shows whether an earlier stream wrote to the topics while the slot is \
+                 missing: {e}"
+            ))
+        };
+        tokio::task::spawn_blocking(move || {
+            let client = sink.producer.client();
+            // All topics' metadata: asking for one topic by name could auto-create it.
+            let metadata = client
+                .fetch_metadata(None, Duration::from_secs(15))
+                .map_err(|e| unreadable("the brokers' topic metadata".to_owned(), &e))?;
+            let mut found = Vec::new();
+            for topic in metadata.topics().iter().filter(|t| t.error().is_none() && topics.iter().any(|n| n == t.name())) {
+                for partition in topic.partitions() {
+                    let (low, high) = client
+                        .fetch_watermarks(topic.name(), partition.id(), Duration::from_secs(15))
+                        .map_err(|e| unreadable(format!("the offsets of {} partition {}", topic.name(), partition.id()), &e))?;
+                    if high > low {
+                        found.push(TopicRecords { topic: topic.name().to_owned(), partition: partition.id(), end_offset: high });
+                    }
+                }
+            }
+            Ok(found)
+        })
+        .await
+        .map_err(|e| ProducerError::Kafka(format!("reading the topics' offsets did not finish: {e}")))?
     }
 
     /// A transaction starts; its records are sent under the returned id.

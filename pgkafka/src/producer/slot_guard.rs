@@ -7,7 +7,7 @@
 
 use pgkafka_common::Lsn;
 
-use super::error::ProducerError;
+use super::error::{Attempt, ProducerError};
 
 /// What the producer does when its replication slot does not exist at start.
 ///
@@ -28,13 +28,37 @@ pub enum SlotMissingPolicy {
     Create,
 }
 
-/// Whether this is the producer's first session or a resumption after a lost connection.
+/// Where a session of `Producer::start` stands with the slot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum SessionStart {
-    /// The first session of `Producer::start`.
+    /// The first session.
     First,
-    /// A reconnect; the slot was confirmed up to `last_confirmed` by this process.
+    /// A later session, before any session streamed (the first one failed before opening the
+    /// slot): the slot may still be created, on the same terms as at first.
+    Retrying,
+    /// A reconnect after this process streamed from the slot and confirmed it up to
+    /// `last_confirmed`: the slot must exist.
     Resumed { last_confirmed: Lsn },
+}
+
+impl SessionStart {
+    /// How failures of this session are classified.
+    pub(crate) fn attempt(self) -> Attempt {
+        match self {
+            Self::First => Attempt::First,
+            Self::Retrying | Self::Resumed { .. } => Attempt::Resume,
+        }
+    }
+
+    /// The start of the session after this one, which streamed up to `streamed_to` (`0/0` if
+    /// it never opened the stream).
+    pub(crate) fn next(self, streamed_to: Lsn) -> Self {
+        match self {
+            Self::Resumed { last_confirmed } => Self::Resumed { last_confirmed: last_confirmed.max(streamed_to) },
+            Self::First | Self::Retrying if streamed_to.is_invalid() => Self::Retrying,
+            Self::First | Self::Retrying => Self::Resumed { last_confirmed: streamed_to },
+        }
+    }
 }
 
 /// Records a mapped topic already holds: the evidence that a slot streamed into it before.
@@ -107,8 +131,8 @@ pub(crate) fn on_missing(
             last_confirmed: Some(last_confirmed),
             remedy: format!("to start anew from the current WAL position, {create_anew}"),
         }),
-        SessionStart::First if evidence.is_empty() => Ok(()),
-        SessionStart::First => match policy {
+        SessionStart::First | SessionStart::Retrying if evidence.is_empty() => Ok(()),
+        SessionStart::First | SessionStart::Retrying => match policy {
             SlotMissingPolicy::Create => {
                 tracing::warn!(
                     slot,
@@ -187,6 +211,18 @@ mod tests {
             assert!(matches!(error, ProducerError::SlotLost { last_confirmed: Some(_), .. }), "{error:?}");
             assert!(error.to_string().contains("16/B374D848"), "{error}");
         }
+    }
+
+    #[test]
+    fn only_a_session_after_streaming_counts_as_a_reconnect() {
+        let failed_early = SessionStart::First.next(Lsn::INVALID);
+        assert_eq!(failed_early, SessionStart::Retrying);
+        assert!(on_missing("s", failed_early, SlotMissingPolicy::Refuse, &[]).is_ok());
+        let streamed = failed_early.next(Lsn(10));
+        assert_eq!(streamed, SessionStart::Resumed { last_confirmed: Lsn(10) });
+        // A later session that failed before streaming keeps what was confirmed before.
+        assert_eq!(streamed.next(Lsn::INVALID), streamed);
+        assert_eq!(streamed.next(Lsn(20)), SessionStart::Resumed { last_confirmed: Lsn(20) });
     }
 
     #[test]
