@@ -194,6 +194,14 @@ impl Scenario {
     }
 }
 
+/// A table `(id int PRIMARY KEY, v text)` with a unique name, keyed by `id`; returns its name too.
+pub(crate) fn id_table(prefix: &str, partitions: i32) -> (String, Table) {
+    let t = unique_name(prefix);
+    let mut table = Table::new(&t, format!("CREATE TABLE {t} (id int PRIMARY KEY, v text)"), &[], partitions);
+    table.key_columns = vec!["id".into()];
+    (t, table)
+}
+
 /// A row from literals: `row(&[Some("1"), None])`.
 pub(crate) fn row(values: &[Option<&str>]) -> Vec<Option<String>> {
     values.iter().map(|v| v.map(str::to_owned)).collect()

@@ -7,18 +7,10 @@ use std::time::Duration;
 use pgkafka::{ProducerError, SlotInUsePolicy, TruncatePolicy};
 use pgkafka_tests::producing::{slot_confirmed, verify_delivery, wait_delivered, RunningProducer};
 use pgkafka_tests::reference::all_ops;
-use pgkafka_tests::unique_name;
 
-use super::{Scenario, Table};
+use super::{id_table, Scenario};
 
 const DELIVERY: Duration = Duration::from_secs(90);
-
-fn id_table(prefix: &str, partitions: i32) -> (String, Table) {
-    let t = unique_name(prefix);
-    let mut table = Table::new(&t, format!("CREATE TABLE {t} (id int PRIMARY KEY, v text)"), &[], partitions);
-    table.key_columns = vec!["id".into()];
-    (t, table)
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn graceful_shutdown_confirms_what_was_delivered() {

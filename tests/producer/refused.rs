@@ -10,9 +10,9 @@ use std::time::Duration;
 use pgkafka::{Lsn, Producer};
 use pgkafka_tests::kafka_proxy::{KafkaProxy, MESSAGE_TOO_LARGE};
 use pgkafka_tests::producing::{slot_confirmed, RunningProducer};
-use pgkafka_tests::{env, unique_name};
+use pgkafka_tests::env;
 
-use super::{Scenario, Table};
+use super::{id_table, Scenario};
 
 const DELIVERY: Duration = Duration::from_secs(90);
 const MARKER: &str = "refuse-me";
@@ -37,9 +37,7 @@ fn through(sc: &Scenario, proxy: &KafkaProxy) -> Producer {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_record_is_not_overtaken_by_later_records_of_its_partition() {
     pgkafka_tests::init_tracing();
-    let t = unique_name("p_refuse");
-    let mut table = Table::new(&t, format!("CREATE TABLE {t} (id int PRIMARY KEY, v text)"), &[], 1);
-    table.key_columns = vec!["id".into()];
+    let (t, table) = id_table("p_refuse", 1);
     let mut sc = Scenario::new("p_refuse", vec![table]).await;
     let proxy = KafkaProxy::start(&env().brokers).await;
     let mut producer = RunningProducer::start(through(&sc, &proxy), &sc.slot).await;

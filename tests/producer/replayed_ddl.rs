@@ -9,18 +9,11 @@ use std::time::Duration;
 use pgkafka::{Lsn, Producer, ReplicationOp, TopicInfo};
 use pgkafka_tests::producing::{slot_confirmed, verify_delivery, wait_delivered, Route, RunningProducer};
 use pgkafka_tests::reference::all_ops;
-use pgkafka_tests::{env, unique_name, wait_for};
+use pgkafka_tests::{env, wait_for};
 
-use super::{Scenario, Table};
+use super::{id_table, Scenario};
 
 const DELIVERY: Duration = Duration::from_secs(90);
-
-fn id_table(prefix: &str) -> (String, Table) {
-    let t = unique_name(prefix);
-    let mut table = Table::new(&t, format!("CREATE TABLE {t} (id int PRIMARY KEY, v text)"), &[], 1);
-    table.key_columns = vec!["id".into()];
-    (t, table)
-}
 
 fn producer_with(sc: &Scenario, topic_map: HashMap<String, TopicInfo>) -> Producer {
     Producer::builder(env().database_url.clone(), env().brokers.clone(), sc.slot.clone(), sc.publication.clone(), topic_map)
@@ -53,7 +46,7 @@ async fn confirmed_all_or_panic(sc: &Scenario, producer: &mut RunningProducer) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_table_renamed_while_the_producer_is_down_still_delivers_its_backlog() {
     pgkafka_tests::init_tracing();
-    let (t, table) = id_table("p_rename");
+    let (t, table) = id_table("p_rename", 1);
     let mut sc = Scenario::new("p_rename", vec![table]).await;
     let producer = sc.start().await;
     sc.pg.batch_execute(&format!("INSERT INTO {t} VALUES (1, 'delivered')")).await.unwrap();
@@ -101,8 +94,8 @@ async fn a_table_renamed_while_the_producer_is_down_still_delivers_its_backlog()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_table_dropped_from_the_publication_with_a_backlog_stops_clearly_and_recovers() {
     pgkafka_tests::init_tracing();
-    let (t, table_t) = id_table("p_unpub_t");
-    let (u, table_u) = id_table("p_unpub_u");
+    let (t, table_t) = id_table("p_unpub_t", 1);
+    let (u, table_u) = id_table("p_unpub_u", 1);
     let mut sc = Scenario::new("p_unpub", vec![table_t, table_u]).await;
     let producer = sc.start().await;
     sc.pg.batch_execute(&format!("INSERT INTO {t} VALUES (1, 'delivered'); INSERT INTO {u} VALUES (1, 'delivered')")).await.unwrap();

@@ -6,18 +6,11 @@ use std::time::Duration;
 
 use pgkafka::{Lsn, ProducerError, SlotMissingPolicy};
 use pgkafka_tests::producing::{slot_confirmed, RunningProducer};
-use pgkafka_tests::{unique_name, wait_for};
+use pgkafka_tests::wait_for;
 
-use super::{Scenario, Table};
+use super::{id_table, Scenario};
 
 const DELIVERY: Duration = Duration::from_secs(90);
-
-fn id_table(prefix: &str) -> (String, Table) {
-    let t = unique_name(prefix);
-    let mut table = Table::new(&t, format!("CREATE TABLE {t} (id int PRIMARY KEY, v text)"), &[], 1);
-    table.key_columns = vec!["id".into()];
-    (t, table)
-}
 
 async fn slot_exists(pg: &tokio_postgres::Client, slot: &str) -> bool {
     pg.query_opt("SELECT 1 FROM pg_replication_slots WHERE slot_name = $1", &[&slot]).await.unwrap().is_some()
@@ -69,7 +62,7 @@ async fn wait_for_finish(producer: &RunningProducer, timeout: Duration) -> bool 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slot_dropped_under_a_running_producer_stops_it_naming_the_last_confirmed_lsn() {
     pgkafka_tests::init_tracing();
-    let (t, table) = id_table("p_slotdrop");
+    let (t, table) = id_table("p_slotdrop", 1);
     let mut sc = Scenario::new("p_slotdrop", vec![table]).await;
     let mut producer = sc.start().await;
     for id in 1..=5 {
@@ -112,7 +105,7 @@ async fn a_slot_dropped_under_a_running_producer_stops_it_naming_the_last_confir
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restart_without_the_slot_while_the_topics_hold_its_records_is_refused() {
     pgkafka_tests::init_tracing();
-    let (t, table) = id_table("p_slotgone");
+    let (t, table) = id_table("p_slotgone", 1);
     let mut sc = Scenario::new("p_slotgone", vec![table]).await;
     let producer = sc.start().await;
     for id in 1..=5 {

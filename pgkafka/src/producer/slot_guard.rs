@@ -185,6 +185,7 @@ pub(crate) fn create_slot_sql(server_version_num: i32, failover: bool) -> &'stat
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
 
     fn evidence() -> Vec<TopicRecords> {
