@@ -101,16 +101,18 @@ impl SlotHealth {
     }
 }
 
+/// How to start anew once the gap is dealt with, in every `SlotLost` message.
+const START_ANEW: &str = "re-snapshot the tables into their topics (or accept the gap), then restart with \
+    SlotMissingPolicy::Create (slot_missing = \"create\" in the pgkafka config), which creates a new slot at the \
+    current end of the WAL";
+
 /// The slot exists but can no longer stream: always fatal.
 pub(crate) fn invalidated(slot: &str, confirmed: Lsn, reason: String) -> ProducerError {
     ProducerError::SlotLost {
         slot: slot.to_owned(),
         reason,
         last_confirmed: Some(confirmed),
-        remedy: format!(
-            "drop it with SELECT pg_drop_replication_slot('{slot}'), then restart with \
-             SlotMissingPolicy::Create (slot_missing = \"create\" in the pgkafka config)"
-        ),
+        remedy: format!("drop it with SELECT pg_drop_replication_slot('{slot}'); {START_ANEW}"),
     }
 }
 
@@ -121,7 +123,6 @@ pub(crate) fn on_missing(
     policy: SlotMissingPolicy,
     evidence: &[TopicRecords],
 ) -> Result<(), ProducerError> {
-    let create_anew = "restart with SlotMissingPolicy::Create (slot_missing = \"create\" in the pgkafka config)";
     match start {
         SessionStart::Resumed { last_confirmed } => Err(ProducerError::SlotLost {
             slot: slot.to_owned(),
@@ -129,7 +130,7 @@ pub(crate) fn on_missing(
                      to a server that does not have it)"
                 .to_owned(),
             last_confirmed: Some(last_confirmed),
-            remedy: format!("to start anew from the current WAL position, {create_anew}"),
+            remedy: START_ANEW.to_owned(),
         }),
         SessionStart::First | SessionStart::Retrying if evidence.is_empty() => Ok(()),
         SessionStart::First | SessionStart::Retrying => match policy {
@@ -150,10 +151,7 @@ pub(crate) fn on_missing(
                     describe(evidence)
                 ),
                 last_confirmed: None,
-                remedy: format!(
-                    "if the slot lives on another server (a failover), point the producer at it; to start anew \
-                     from the current WAL position, {create_anew}"
-                ),
+                remedy: format!("if the slot lives on another server (after a failover), point the producer at it; else {START_ANEW}"),
             }),
         },
     }
