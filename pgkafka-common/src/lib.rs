@@ -3,6 +3,7 @@
 //! - [`ReplicationOp`], [`Op`], [`Row`], [`TopicInfo`]: the JSON wire format, byte-compatible with
 //!   the earlier library whose records may already sit in your topics.
 //! - [`Lsn`]: PostgreSQL log sequence numbers, shown the way `psql` shows them (`16/B374D848`).
+//! - [`headers`]: the names of the origin headers (system id, timeline, slot) on every record.
 //! - [`ident`]: how records name tables (`t`, `schema.t`) and how SQL identifiers are quoted.
 //! - [`key`]: the Kafka message key built from partition-key column values.
 //! - [`pgoutput`]: a decoder for the messages of PostgreSQL's `pgoutput` logical decoding plugin.
@@ -14,6 +15,7 @@ mod lsn;
 mod table;
 mod wire;
 
+pub mod headers;
 pub mod ident;
 pub mod key;
 pub mod pgoutput;

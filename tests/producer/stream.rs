@@ -468,3 +468,65 @@ async fn a_tiny_in_flight_window_still_delivers_everything_once_in_order() {
     producer.stop().await.unwrap();
     sc.cleanup().await;
 }
+
+/// Every record says where it came from: Kafka headers carry the database system identifier and
+/// timeline (as `IDENTIFY_SYSTEM` reports them) and the slot, while the JSON value stays the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_record_carries_the_origin_headers_system_id_timeline_and_slot() {
+    use pgkafka::rdkafka::consumer::{BaseConsumer, Consumer as _};
+    use pgkafka::rdkafka::message::{Headers as _, Message as _};
+    use pgkafka::rdkafka::{Offset, TopicPartitionList};
+
+    pgkafka_tests::init_tracing();
+    let t = unique_name("p_origin");
+    let mut sc = Scenario::new(
+        "p_origin",
+        vec![Table::new(&t, format!("CREATE TABLE {t} (id int PRIMARY KEY, v text)"), &["id"], 1)],
+    )
+    .await;
+    let producer = sc.start().await;
+    run_each(&sc.pg, &[format!("INSERT INTO {t} VALUES (1, 'a')"), format!("INSERT INTO {t} VALUES (2, 'b')")]).await;
+    let (_, ops) = sc.delivered_once(DELIVERY).await;
+    assert_eq!(ops.len(), 2);
+    let system_id: String =
+        sc.pg.query_one("SELECT system_identifier::text FROM pg_control_system()", &[]).await.unwrap().get(0);
+    let timeline: String =
+        sc.pg.query_one("SELECT timeline_id::text FROM pg_control_checkpoint()", &[]).await.unwrap().get(0);
+
+    let topic = sc.topics[0].clone();
+    let headers: Vec<Vec<(String, String)>> = tokio::task::spawn_blocking(move || {
+        let consumer: BaseConsumer = pgkafka_tests::kafka_config()
+            .set("group.id", unique_name("p_origin_reader"))
+            .set("enable.auto.commit", "false")
+            .create()
+            .unwrap();
+        let mut assignment = TopicPartitionList::new();
+        assignment.add_partition_offset(&topic, 0, Offset::Beginning).unwrap();
+        consumer.assign(&assignment).unwrap();
+        let mut all = Vec::new();
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while all.len() < 2 && std::time::Instant::now() < deadline {
+            if let Some(message) = consumer.poll(Duration::from_millis(200)) {
+                let message = message.unwrap();
+                let headers = message.headers().map_or_else(Vec::new, |headers| {
+                    headers
+                        .iter()
+                        .map(|h| (h.key.to_owned(), String::from_utf8(h.value.unwrap_or_default().to_vec()).unwrap()))
+                        .collect()
+                });
+                all.push(headers);
+            }
+        }
+        all
+    })
+    .await
+    .unwrap();
+    let want = vec![
+        (pgkafka::headers::SYSTEM_ID.to_owned(), system_id),
+        (pgkafka::headers::TIMELINE.to_owned(), timeline),
+        (pgkafka::headers::SLOT.to_owned(), sc.slot.clone()),
+    ];
+    assert_eq!(headers, vec![want.clone(), want], "the records' headers");
+    producer.stop().await.unwrap();
+    sc.cleanup().await;
+}

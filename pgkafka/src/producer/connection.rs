@@ -2,12 +2,17 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use pgwire_replication::{ReplicationConfig, TlsConfig};
 use tokio_postgres::config::{Host, SslMode};
 
 use super::ProducerError;
 use crate::redact::{is_url, key_values, redact};
+
+/// How long connecting the control connection may take, unless the connection string says
+/// (`connect_timeout`).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How the connection string asked for TLS (libpq's `sslmode`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -72,6 +77,12 @@ impl ConnectionInfo {
         if config.get_hosts().is_empty() {
             config.host("localhost");
         }
+        // A server that stops answering (a network blackhole) must not hold the producer for
+        // ever: give up connecting after a while, and let TCP notice a dead peer.
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(CONNECT_TIMEOUT);
+        }
+        config.keepalives(true).keepalives_idle(Duration::from_secs(30));
         Ok(Self { config, tls_mode, root_cert: root_cert.map(PathBuf::from), redacted })
     }
 

@@ -27,6 +27,7 @@ use self::error::{Attempt, Failure};
 use self::sink::Sink;
 use self::slot_guard::SessionStart;
 pub use crate::shutdown::ShutdownHandle;
+use crate::kafka_config::RedactedOptions;
 use crate::metrics::PRODUCER_RECONNECTS;
 use crate::{Backoff, Lsn, TopicInfo};
 
@@ -98,7 +99,7 @@ pub enum SlotInUsePolicy {
 
 /// Everything a producer is told, as [`ProducerBuilder`] collects it. Crate-private: users
 /// configure through the builder, which is the one place defaults and limits are applied.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub(crate) struct ProducerConfig {
     pub(crate) connection_string: String,
     pub(crate) brokers: String,
@@ -114,6 +115,28 @@ pub(crate) struct ProducerConfig {
     pub(crate) status_interval: Duration,
     pub(crate) reconnect_backoff_max: Duration,
     pub(crate) shutdown_timeout: Duration,
+}
+
+/// Shows no secret: the connection string's password and secret Kafka options are hidden.
+impl std::fmt::Debug for ProducerConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProducerConfig")
+            .field("connection_string", &crate::redact(&self.connection_string))
+            .field("brokers", &self.brokers)
+            .field("slot_name", &self.slot_name)
+            .field("publication_name", &self.publication_name)
+            .field("topic_map", &self.topic_map)
+            .field("kafka_options", &RedactedOptions(&self.kafka_options))
+            .field("truncate_policy", &self.truncate_policy)
+            .field("slot_in_use_policy", &self.slot_in_use_policy)
+            .field("slot_missing_policy", &self.slot_missing_policy)
+            .field("slot_failover", &self.slot_failover)
+            .field("max_in_flight", &self.max_in_flight)
+            .field("status_interval", &self.status_interval)
+            .field("reconnect_backoff_max", &self.reconnect_backoff_max)
+            .field("shutdown_timeout", &self.shutdown_timeout)
+            .finish()
+    }
 }
 
 /// Streams every row change of a publication's tables from a logical replication slot to Kafka.
@@ -218,9 +241,22 @@ impl Producer {
         let config = &self.config;
         let connection = startup::validate(config)?;
         let sink = Arc::new(Sink::new(config)?);
-        let (client, routes) =
-            startup::preflight(config, &connection, &sink, Attempt::First).await.map_err(Failure::into_error)?;
-        let slot = match slot::inspect(&client, &config.slot_name, Attempt::First).await.map_err(Failure::into_error)? {
+        let checked = async {
+            let (client, routes) = startup::preflight(config, &connection, &sink, Attempt::First).await?;
+            let slot = slot::inspect(&client, &config.slot_name, Attempt::First).await?;
+            Ok::<_, Failure>((routes, slot))
+        };
+        let (routes, slot) = tokio::time::timeout(startup::TIMEOUT, checked)
+            .await
+            .map_err(|_| {
+                ProducerError::Postgres(format!(
+                    "checking {} took longer than {:?}; is the server reachable?",
+                    connection.redacted,
+                    startup::TIMEOUT
+                ))
+            })?
+            .map_err(Failure::into_error)?;
+        let slot = match slot {
             None => {
                 let evidence = sink.records_in(routes.topics()).await?;
                 slot_guard::on_missing(&config.slot_name, SessionStart::First, config.slot_missing_policy, &evidence)?;
@@ -301,8 +337,9 @@ impl Producer {
 
 impl ProducerBuilder {
     /// Sets a librdkafka producer property (`security.protocol`, `sasl.mechanisms`,
-    /// `linger.ms`, ...). pgkafka always sets `enable.idempotence=true` and `acks=all`; setting
-    /// them otherwise is a configuration error.
+    /// `linger.ms`, ...). pgkafka always sets `enable.idempotence=true`, `acks=all`,
+    /// `enable.gapless.guarantee=true`, `message.timeout.ms=0` and
+    /// `partitioner=consistent_random`; setting them otherwise is a configuration error.
     #[must_use]
     pub fn kafka_option(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
         self.config.kafka_options.push((key.into(), value.into()));
@@ -349,7 +386,8 @@ impl ProducerBuilder {
         self
     }
 
-    /// How often the confirmed position is reported to PostgreSQL (default 1 s).
+    /// How often the confirmed position is reported to PostgreSQL (default 1 s). Zero is a
+    /// configuration error at [`Producer::start`].
     #[must_use]
     pub fn status_interval(mut self, interval: Duration) -> Self {
         self.config.status_interval = interval;
@@ -384,5 +422,59 @@ impl ProducerBuilder {
     #[must_use]
     pub fn build(self) -> Producer {
         Producer { config: self.config, shutdown: self.shutdown }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    /// What the error of `start()` says, without a server (the settings are checked first).
+    fn start_error(builder: ProducerBuilder) -> ProducerError {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        runtime.block_on(builder.build().start()).unwrap_err()
+    }
+
+    fn builder() -> ProducerBuilder {
+        Producer::builder("postgresql://u:hunter2@localhost:1/d", "localhost:1", "slot", "pub", HashMap::new())
+    }
+
+    #[test]
+    fn debug_prints_no_secret() {
+        for connection_string in ["host=h user=u password=hunter2 dbname=d", "postgresql://u:hunter2@h/d"] {
+            let builder = Producer::builder(connection_string, "b:9092", "slot", "pub", HashMap::new())
+                .kafka_option("sasl.password", "s3cret")
+                .kafka_option("ssl.key.password", "k3y")
+                .kafka_option("sasl.oauthbearer.client.secret", "t0ken");
+            let shown = format!("{builder:?}");
+            let producer = builder.build();
+            let shown = format!("{shown}\n{producer:?}\n{:#?}", producer.config);
+            for secret in ["hunter2", "s3cret", "k3y", "t0ken"] {
+                assert!(!shown.contains(secret), "Debug shows {secret}:\n{shown}");
+            }
+            assert!(shown.contains("sasl.password") && shown.contains("slot_name"), "{shown}");
+        }
+    }
+
+    #[test]
+    fn a_zero_status_interval_is_a_configuration_error_not_a_panic() {
+        let error = start_error(builder().status_interval(Duration::ZERO));
+        assert!(matches!(error, ProducerError::Config(_)) && error.to_string().contains("status_interval"), "{error}");
+    }
+
+    #[test]
+    fn pinned_kafka_settings_are_refused_naming_the_setting() {
+        for (key, value) in [
+            ("enable.gapless.guarantee", "false"),
+            ("message.timeout.ms", "30000"),
+            ("partitioner", "murmur2_random"),
+            ("acks", "1"),
+            ("enable.idempotence", "false"),
+        ] {
+            let error = start_error(builder().kafka_option(key, value));
+            assert!(matches!(error, ProducerError::Config(_)), "{key}: {error:?}");
+            assert!(error.to_string().contains(&format!("{key}={value}")), "{error}");
+        }
     }
 }

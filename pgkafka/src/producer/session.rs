@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use metrics::{Counter, Gauge};
 use pgkafka_common::Lsn;
 use pgwire_replication::{ReplicationClient, ReplicationEvent};
+use rdkafka::message::OwnedHeaders;
 use tokio_util::sync::CancellationToken;
 
 use super::connection::ConnectionInfo;
@@ -52,13 +53,24 @@ pub(crate) async fn run(
     shutdown: &CancellationToken,
     start: SessionStart,
 ) -> Result<(), Failure> {
-    let startup::Stream { routes, mut replication, confirmed } =
-        startup::open_stream(config, connection, sink, start).await?;
+    let attempt = start.attempt();
+    // Bounded: a network blackhole must not hold up a shutdown, nor a reconnect for ever.
+    let opened = tokio::select! {
+        opened = tokio::time::timeout(startup::TIMEOUT, startup::open_stream(config, connection, sink, start)) => opened,
+        () = shutdown.cancelled() => return Ok(()),
+    };
+    let startup::Stream { routes, mut replication, confirmed, origin } = opened.map_err(|_| {
+        Failure::postgres(
+            format!("connecting to {} and checking it took longer than {:?}", connection.redacted, startup::TIMEOUT),
+            attempt,
+        )
+    })??;
     sink.reset(confirmed);
     let mut session = Session {
         config,
         sink,
         encoder: Encoder::new(routes, &config.publication_name, JsonValue),
+        headers: origin.headers(&config.slot_name),
         tx: None,
         meters: Meters::new(&config.slot_name),
         last_wal_end: confirmed,
@@ -79,6 +91,8 @@ struct Session<'a> {
     config: &'a ProducerConfig,
     sink: &'a Sink,
     encoder: Encoder<JsonValue>,
+    /// The origin headers every record of this session carries, built once.
+    headers: OwnedHeaders,
     /// The sink's id of the transaction being read.
     tx: Option<TxId>,
     meters: Meters,
@@ -143,8 +157,9 @@ impl Session<'_> {
     async fn handle(&mut self, event: ReplicationEvent, shutdown: &CancellationToken) -> Result<Next, Failure> {
         match event {
             ReplicationEvent::Begin { final_lsn, commit_time_micros, .. } => {
-                self.tx = Some(self.sink.begin());
-                self.encoder.begin(Lsn(final_lsn.as_u64()), commit_time_micros);
+                let commit_lsn = Lsn(final_lsn.as_u64());
+                self.tx = Some(self.sink.begin(commit_lsn));
+                self.encoder.begin(commit_lsn, commit_time_micros);
             }
             ReplicationEvent::Commit { end_lsn, lsn, .. } => {
                 let Some(tx) = self.tx.take() else {
@@ -178,7 +193,7 @@ impl Session<'_> {
                     // The encoder refuses a row change outside a transaction; this is that case.
                     return Err(ProducerError::Protocol { lsn: self.last_wal_end, message: "a row change outside a transaction".into() }.into());
                 };
-                if !self.sink.send(tx, &record, shutdown).await? {
+                if !self.sink.send(tx, &record, &self.headers, shutdown).await? {
                     return Ok(Next::Shutdown);
                 }
                 self.meters.produced.increment(1);

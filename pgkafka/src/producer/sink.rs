@@ -10,7 +10,7 @@ use pgkafka_common::Lsn;
 use rdkafka::client::ClientContext;
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::error::KafkaError;
-use rdkafka::message::{DeliveryResult, Message as _};
+use rdkafka::message::{DeliveryResult, Message as _, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, Producer as _, ProducerContext, ThreadedProducer};
 use rdkafka::types::RDKafkaErrorCode;
 use tokio_util::sync::CancellationToken;
@@ -24,7 +24,7 @@ use crate::kafka_config::{self, KafkaClientConfig, Pinned};
 use crate::metrics::PRODUCER_RECORDS_ACKED;
 
 /// Settings the producer's ordering and no-gap guarantees rest on; the user cannot change them.
-const PINNED: [Pinned; 2] = [
+const PINNED: [Pinned; 5] = [
     Pinned {
         key: "enable.idempotence",
         accepted: &["true"],
@@ -35,6 +35,23 @@ const PINNED: [Pinned; 2] = [
         accepted: &["all", "-1"],
         because: "a record acknowledged by fewer than all in-sync replicas can be lost after the slot moved past it",
     },
+    Pinned {
+        key: "enable.gapless.guarantee",
+        accepted: &["true"],
+        because: "after a record the broker refuses, later records of its partition must not be written past the gap",
+    },
+    Pinned {
+        // Never give up on a message: a finite timeout would turn a broker outage into a gap.
+        // Nothing is confirmed to the slot until Kafka acknowledges, so waiting is always safe.
+        key: "message.timeout.ms",
+        accepted: &["0"],
+        because: "a record that times out would be a gap; pgkafka waits for the broker instead",
+    },
+    Pinned {
+        key: "partitioner",
+        accepted: &["consistent_random"],
+        because: "the changes of one key must go to the same partition in every run, or their order is lost",
+    },
 ];
 
 /// The librdkafka configuration of the producer: pgkafka's defaults, the pinned settings, then
@@ -42,58 +59,54 @@ const PINNED: [Pinned; 2] = [
 pub(crate) fn client_config(config: &ProducerConfig) -> Result<KafkaClientConfig, ProducerError> {
     PINNED
         .into_iter()
-        .fold(
-            KafkaClientConfig::new(&config.brokers, "pgkafka-producer")
-                // Never give up on a message: a finite timeout would turn a broker outage into a
-                // gap. Nothing is confirmed to the slot until Kafka acknowledges, so waiting is safe.
-                .set_default("message.timeout.ms", "0")
-                .set_default("linger.ms", "5"),
-            KafkaClientConfig::pin,
-        )
+        .fold(KafkaClientConfig::new(&config.brokers, "pgkafka-producer").set_default("linger.ms", "5"), KafkaClientConfig::pin)
         .user_options(&config.kafka_options)
         .map_err(ProducerError::Config)
 }
 
-/// The first message Kafka refused, and what that means for the producer.
+/// A record Kafka refused, with where it came from.
 #[derive(Debug)]
 struct DeliveryFailure {
     topic: String,
-    partition: i32,
-    /// The table and commit LSN the record carries, read back from its value.
-    origin: Option<RecordOrigin>,
+    /// `None` when the record was refused before a partition was chosen.
+    partition: Option<i32>,
+    /// The records' `table_name`, when the value could be read back.
+    table: Option<String>,
+    /// The commit LSN of the record's transaction, while it was in the ledger.
+    lsn: Option<Lsn>,
     error: KafkaError,
 }
 
-/// The fields of a record's JSON value that say where it came from.
-#[derive(Debug, serde::Deserialize)]
-struct RecordOrigin {
-    table_name: String,
-    lsn: u64,
+impl DeliveryFailure {
+    /// Where the record was going and where it came from, for messages.
+    fn describe(&self) -> String {
+        let mut text = match self.partition {
+            Some(partition) => format!("a record for {}/{partition}", self.topic),
+            None => format!("a record for topic {}", self.topic),
+        };
+        if let Some(table) = &self.table {
+            text.push_str(&format!(" (table {table}"));
+            match self.lsn {
+                Some(lsn) => text.push_str(&format!(", transaction committed at LSN {lsn})")),
+                None => text.push(')'),
+            }
+        }
+        text
+    }
+
+    /// Whether this is only the client's fatal state, not the refusal that caused it.
+    fn is_client_fatal(&self) -> bool {
+        self.error.rdkafka_error_code() == Some(RDKafkaErrorCode::Fatal)
+    }
 }
 
-impl DeliveryFailure {
-    /// A client-level fatal error means the idempotent producer lost its sequence state: a new
-    /// client re-sends from the slot. Anything else the broker refused for good.
-    fn into_failure(self) -> Failure {
-        let record = match &self.origin {
-            Some(origin) => {
-                format!("a record of table {} (transaction committed at LSN {})", origin.table_name, Lsn(origin.lsn))
-            }
-            None => "a record".to_owned(),
-        };
-        let message = format!(
-            "Kafka did not accept {record} for topic {} partition {}: {}",
-            self.topic, self.partition, self.error
-        );
-        if self.error.rdkafka_error_code() == Some(RDKafkaErrorCode::Fatal) {
-            Failure::Retry { reason: message, new_kafka_client: true }
-        } else {
-            Failure::Fatal(ProducerError::Kafka(format!(
-                "{message}. Nothing after it was confirmed to the slot; fix the cause (topic, permissions, \
-                 message.max.bytes) and restart the producer"
-            )))
-        }
+/// The table a record's value names, read back on the (rare) failure path only.
+fn table_of(value: Option<&[u8]>) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct TableOnly {
+        table_name: String,
     }
+    value.and_then(|value| serde_json::from_slice::<TableOnly>(value).ok()).map(|head| head.table_name)
 }
 
 /// State shared between the session and librdkafka's delivery-report thread.
@@ -144,14 +157,18 @@ impl ProducerContext for DeliveryContext {
                 self.shared.acked_total.increment(1);
             }
             Err((error, message)) => {
-                let mut failure = self.shared.failure();
-                if failure.is_none() {
-                    *failure = Some(DeliveryFailure {
-                        topic: message.topic().to_owned(),
-                        partition: message.partition(),
-                        origin: message.payload().and_then(|value| serde_json::from_slice(value).ok()),
-                        error: error.clone(),
-                    });
+                let failure = DeliveryFailure {
+                    topic: message.topic().to_owned(),
+                    partition: Some(message.partition()),
+                    table: table_of(message.payload()),
+                    lsn: self.shared.watermark().commit_lsn(tx as TxId),
+                    error: error.clone(),
+                };
+                let mut first = self.shared.failure();
+                // Keep the first refusal; a client-level fatal error only stands in until the
+                // refusal that caused it is reported.
+                if first.as_ref().is_none_or(|f| f.is_client_fatal() && !failure.is_client_fatal()) {
+                    *first = Some(failure);
                 }
                 self.shared.failed.store(true, Ordering::Release);
             }
@@ -254,9 +271,9 @@ impl Sink {
         .map_err(|e| ProducerError::Kafka(format!("reading the topics' offsets did not finish: {e}")))?
     }
 
-    /// A transaction starts; its records are sent under the returned id.
-    pub(crate) fn begin(&self) -> TxId {
-        self.shared.watermark().begin()
+    /// A transaction committed at `commit_lsn` starts; its records are sent under the returned id.
+    pub(crate) fn begin(&self, commit_lsn: Lsn) -> TxId {
+        self.shared.watermark().begin(commit_lsn)
     }
 
     /// The transaction `tx` committed; `end_lsn` may be confirmed once all its records are acknowledged.
@@ -269,13 +286,21 @@ impl Sink {
         self.shared.watermark().idle_at(wal_end);
     }
 
-    /// Hands a record of transaction `tx` to Kafka. While librdkafka's own queue is full it
-    /// waits without blocking the runtime; returns `Ok(false)` if `shutdown` came first and the
-    /// record was not sent.
-    pub(crate) async fn send(&self, tx: TxId, record: &Record<'_>, shutdown: &CancellationToken) -> Result<bool, Failure> {
+    /// Hands a record of transaction `tx` to Kafka with `headers` (the session's origin
+    /// headers, copied per record by librdkafka). While librdkafka's own queue is full it waits
+    /// without blocking the runtime; returns `Ok(false)` if `shutdown` came first and the record
+    /// was not sent.
+    pub(crate) async fn send(
+        &self,
+        tx: TxId,
+        record: &Record<'_>,
+        headers: &OwnedHeaders,
+        shutdown: &CancellationToken,
+    ) -> Result<bool, Failure> {
         let mut base = BaseRecord::with_opaque_to(record.topic, tx as usize)
             .key(record.key)
             .payload(record.value)
+            .headers(headers.clone())
             .timestamp(record.timestamp_ms);
         // Counted before sending: the delivery report may arrive before `send` returns.
         self.shared.watermark().sent(tx);
@@ -301,10 +326,24 @@ impl Sink {
                 }
                 Err((error, _)) => {
                     self.shared.watermark().unsent(tx);
-                    return Err(Failure::Fatal(ProducerError::Kafka(format!(
-                        "cannot hand a record of table {} to Kafka topic {}: {error}",
-                        record.table_name, record.topic
-                    ))));
+                    // After a refusal the client fails every send: report the refusal itself.
+                    self.check_failure()?;
+                    let failure = DeliveryFailure {
+                        topic: record.topic.to_owned(),
+                        partition: None,
+                        table: Some(record.table_name.to_owned()),
+                        lsn: self.shared.watermark().commit_lsn(tx),
+                        error,
+                    };
+                    return Err(if failure.is_client_fatal() {
+                        self.classify(&failure)
+                    } else {
+                        Failure::Fatal(ProducerError::Kafka(format!(
+                            "cannot hand {} to Kafka: {}",
+                            failure.describe(),
+                            failure.error
+                        )))
+                    });
                 }
             }
         }
@@ -316,14 +355,39 @@ impl Sink {
             return Ok(());
         }
         match self.shared.failure().take() {
-            Some(failure) => Err(failure.into_failure()),
+            Some(failure) => Err(self.classify(&failure)),
             None => Ok(()),
         }
     }
 
-    /// Whether the window of unacknowledged records has room for another.
+    /// What a refused record means. A record the broker refused for good stops the producer:
+    /// with `enable.gapless.guarantee` librdkafka then writes nothing more, so nothing after it
+    /// reaches its partition, and the ledger confirms nothing after it to the slot. A client that
+    /// lost its idempotence state for another reason is replaced, and the slot re-sends.
+    fn classify(&self, failure: &DeliveryFailure) -> Failure {
+        let cause = if failure.is_client_fatal() { self.producer.client().fatal_error() } else { None };
+        let stop = |cause: &dyn std::fmt::Display| {
+            Failure::Fatal(ProducerError::Kafka(format!(
+                "Kafka refused {}: {cause}. Nothing after it was written to that partition or confirmed to the \
+                 slot; fix the cause (topic, permissions, max.message.bytes) and restart the producer, which \
+                 re-sends from that record on",
+                failure.describe()
+            )))
+        };
+        match cause {
+            None => stop(&failure.error),
+            Some((RDKafkaErrorCode::GaplessGuarantee, reason)) => stop(&reason),
+            Some((code, reason)) => Failure::Retry {
+                reason: format!("the Kafka producer failed ({code:?}: {reason}) delivering {}", failure.describe()),
+                new_kafka_client: true,
+            },
+        }
+    }
+
+    /// Whether the window of unacknowledged records (and of transactions waiting for them) has
+    /// room for another.
     pub(crate) fn has_room(&self) -> bool {
-        self.shared.watermark().in_flight() < self.max_in_flight
+        self.shared.watermark().has_room(self.max_in_flight)
     }
 
     /// Waits until the window has room, or a delivery failed.
@@ -386,16 +450,68 @@ mod tests {
     }
 
     #[test]
-    fn idempotence_and_acks_are_pinned() {
+    fn the_settings_ordering_rests_on_are_pinned() {
         let client = client_config(&config(&[("acks", "-1"), ("linger.ms", "50")])).unwrap().into_client_config();
-        assert_eq!(client.get("enable.idempotence"), Some("true"));
-        assert_eq!(client.get("acks"), Some("all"));
-        assert_eq!(client.get("linger.ms"), Some("50"));
-        assert_eq!(client.get("message.timeout.ms"), Some("0"));
-        for (key, value) in [("acks", "1"), ("enable.idempotence", "false")] {
+        for (key, value) in [
+            ("enable.idempotence", "true"),
+            ("acks", "all"),
+            ("enable.gapless.guarantee", "true"),
+            ("message.timeout.ms", "0"),
+            ("partitioner", "consistent_random"),
+            ("linger.ms", "50"),
+        ] {
+            assert_eq!(client.get(key), Some(value), "{key}");
+        }
+        for (key, value) in [("acks", "1"), ("enable.idempotence", "false"), ("enable.gapless.guarantee", "false")] {
             let error = client_config(&config(&[(key, value)])).unwrap_err();
             assert!(matches!(error, ProducerError::Config(_)), "{error:?}");
             assert!(error.to_string().contains(&format!("{key}={value}")), "{error}");
         }
+    }
+
+    /// A refusal names topic, partition, table and the transaction's commit LSN; the table is
+    /// read back from the record's value.
+    #[test]
+    fn a_refused_record_is_described_by_where_it_came_from() {
+        let value = br#"{"table_name":"sales.orders","col_names":[],"lsn":5,"seq_id":0,"op":{"Insert":[]}}"#;
+        let failure = DeliveryFailure {
+            topic: "orders".into(),
+            partition: Some(3),
+            table: table_of(Some(value)),
+            lsn: Some(Lsn(0x1_0000_0500)),
+            error: KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge),
+        };
+        assert_eq!(failure.describe(), "a record for orders/3 (table sales.orders, transaction committed at LSN 1/500)");
+        assert!(!failure.is_client_fatal());
+        let unknown = DeliveryFailure { partition: None, table: table_of(Some(b"not json")), lsn: None, ..failure };
+        assert_eq!(unknown.describe(), "a record for topic orders");
+    }
+
+    /// librdkafka's queue is full (one message, no broker to take it): a send waits on the
+    /// runtime, not in `std::thread::sleep`, and a shutdown ends the wait without counting the
+    /// record as in flight. (With the old blocking retry loop this test never returned.)
+    #[test]
+    fn shutdown_ends_a_send_waiting_for_a_full_librdkafka_queue() {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        runtime.block_on(async {
+            let mut config = config(&[("queue.buffering.max.messages", "1")]);
+            config.brokers = "127.0.0.1:1".into();
+            let sink = Sink::new(&config).unwrap();
+            sink.reset(Lsn(1));
+            let tx = sink.begin(Lsn(2));
+            let record = Record { table_name: "t", topic: "pgkafka_unit_queue_full", key: b"k", value: b"{}", timestamp_ms: 0 };
+            let headers = OwnedHeaders::new();
+            let shutdown = CancellationToken::new();
+            assert!(sink.send(tx, &record, &headers, &shutdown).await.unwrap(), "the first record fits");
+            let stop = shutdown.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                stop.cancel();
+            });
+            let sent = tokio::time::timeout(Duration::from_secs(10), sink.send(tx, &record, &headers, &shutdown)).await;
+            assert!(!sent.unwrap().unwrap(), "the second record was sent into a full queue");
+            assert_eq!(sink.progress().1, 1, "only the first record is in flight");
+            sink.purge();
+        });
     }
 }

@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use pgkafka_common::Lsn;
 use pgwire_replication::{PgWireError, ReplicationClient};
+use pgkafka_common::headers;
+use rdkafka::message::{Header, OwnedHeaders};
 use tokio_postgres::Client;
 
 use super::connection::{self, ConnectionInfo};
@@ -27,6 +29,11 @@ pub(crate) fn validate(config: &ProducerConfig) -> Result<ConnectionInfo, Produc
     }
     if config.brokers.trim().is_empty() {
         return Err(ProducerError::Config("the Kafka broker list is empty".into()));
+    }
+    if config.status_interval.is_zero() {
+        return Err(ProducerError::Config(
+            "status_interval is zero; the confirmed position needs a positive reporting interval (default 1 s)".into(),
+        ));
     }
     ConnectionInfo::parse(&config.connection_string)
 }
@@ -51,8 +58,36 @@ pub(crate) async fn preflight(
     Ok((client, routes))
 }
 
+/// The longest the steps before streaming may take together (connect, catalog, slot,
+/// replication connection): a server that stops answering mid-way is a lost connection.
+pub(crate) const TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Where a session's records come from: the server's identity, read with `IDENTIFY_SYSTEM` on
+/// the replication connection before it streams, so it describes the very server the records
+/// come from (the control connection could reach another one after a failover). Any role with
+/// the `REPLICATION` attribute may run it; `pg_control_system()` is executable by PUBLIC on
+/// PostgreSQL 15 too, but only on the control connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Origin {
+    pub(crate) system_id: String,
+    pub(crate) timeline: u32,
+}
+
+impl Origin {
+    /// The origin headers of every record (see [`pgkafka_common::headers`]).
+    pub(crate) fn headers(&self, slot: &str) -> OwnedHeaders {
+        let timeline = self.timeline.to_string();
+        [(headers::SYSTEM_ID, self.system_id.as_str()), (headers::TIMELINE, timeline.as_str()), (headers::SLOT, slot)]
+            .into_iter()
+            .fold(OwnedHeaders::new_with_capacity(headers::ALL.len()), |all, (key, value)| {
+                all.insert(Header { key, value: Some(value) })
+            })
+    }
+}
+
 /// A replication stream, ready to read.
 pub(crate) struct Stream {
+    pub(crate) origin: Origin,
     pub(crate) routes: Routes,
     pub(crate) replication: ReplicationClient,
     /// Where the slot resumes: everything before it is in Kafka.
@@ -90,17 +125,21 @@ pub(crate) async fn open_stream(
         .with_status_interval(config.status_interval)
         .with_wakeup_interval(Duration::from_secs(5))
         .with_buffer_size(1024);
-    let replication = ReplicationClient::connect(replication_config)
-        .await
-        .map_err(|error| replication_failure(&error, config, connection, attempt))?;
+    let failed = |error: PgWireError| replication_failure(&error, config, connection, attempt);
+    let mut replication = ReplicationClient::connect_gated(replication_config).await.map_err(failed)?;
+    let identity = replication.identify_system().await.map_err(failed)?;
+    replication.start().await.map_err(failed)?;
+    let origin = Origin { system_id: identity.system_id, timeline: identity.timeline };
     tracing::info!(
         slot = %config.slot_name,
         publication = %config.publication_name,
         confirmed = %slot.confirmed_flush,
+        system_id = %origin.system_id,
+        timeline = origin.timeline,
         database = %connection.redacted,
         "streaming from the replication slot"
     );
-    Ok(Stream { routes, replication, confirmed: slot.confirmed_flush })
+    Ok(Stream { origin, routes, replication, confirmed: slot.confirmed_flush })
 }
 
 fn slot_in_use(config: &ProducerConfig, pid: Option<i32>) -> Failure {

@@ -15,6 +15,8 @@ pub(crate) type TxId = u64;
 
 #[derive(Debug)]
 struct TxProgress {
+    /// The transaction's commit LSN, for messages about its records.
+    commit_lsn: Lsn,
     /// Set when the transaction's Commit has been read: no more messages will come.
     end_lsn: Option<Lsn>,
     unacked: u64,
@@ -36,9 +38,10 @@ impl Watermark {
         Self { open: VecDeque::new(), first_id: 0, confirmed, in_flight: 0 }
     }
 
-    /// A transaction starts; its messages are recorded against the returned id.
-    pub(crate) fn begin(&mut self) -> TxId {
-        self.open.push_back(TxProgress { end_lsn: None, unacked: 0 });
+    /// A transaction committed at `commit_lsn` starts; its messages are recorded against the
+    /// returned id.
+    pub(crate) fn begin(&mut self, commit_lsn: Lsn) -> TxId {
+        self.open.push_back(TxProgress { commit_lsn, end_lsn: None, unacked: 0 });
         self.first_id + self.open.len() as u64 - 1
     }
 
@@ -93,6 +96,20 @@ impl Watermark {
         self.in_flight
     }
 
+    /// The commit LSN of `tx`, while it is in the ledger.
+    pub(crate) fn commit_lsn(&self, tx: TxId) -> Option<Lsn> {
+        let index = usize::try_from(tx.checked_sub(self.first_id)?).ok()?;
+        self.open.get(index).map(|progress| progress.commit_lsn)
+    }
+
+    /// Whether reading may go on with at most `max` messages in flight. The ledger counts too:
+    /// transactions that sent nothing (empty, or only unpublished tables) wait in it behind an
+    /// unacknowledged one, and must not grow it without bound. Only committed transactions can
+    /// wait behind the front one, so a full ledger always has an acknowledgement to wait for.
+    pub(crate) fn has_room(&self, max: u64) -> bool {
+        self.in_flight < max && (self.open.len() as u64) <= max
+    }
+
     /// Whether every transaction read so far is committed and acknowledged.
     #[cfg(test)]
     pub(crate) fn is_idle(&self) -> bool {
@@ -129,11 +146,11 @@ mod tests {
     #[test]
     fn confirms_only_a_fully_acked_prefix() {
         let mut w = Watermark::new(Lsn(10));
-        let a = w.begin();
+        let a = w.begin(Lsn(0));
         w.sent(a);
         w.sent(a);
         w.committed(a, Lsn(100));
-        let b = w.begin();
+        let b = w.begin(Lsn(0));
         w.sent(b);
         w.committed(b, Lsn(200));
         w.acked(b);
@@ -149,7 +166,7 @@ mod tests {
     #[test]
     fn an_uncommitted_transaction_holds_the_watermark() {
         let mut w = Watermark::new(Lsn(0));
-        let a = w.begin();
+        let a = w.begin(Lsn(0));
         w.sent(a);
         w.acked(a);
         assert_eq!(w.confirmed(), Lsn(0));
@@ -166,9 +183,31 @@ mod tests {
     #[test]
     fn empty_transactions_confirm_at_commit() {
         let mut w = Watermark::new(Lsn(0));
-        let a = w.begin();
+        let a = w.begin(Lsn(0));
         w.committed(a, Lsn(7));
         assert_eq!(w.confirmed(), Lsn(7));
+    }
+
+    #[test]
+    fn empty_transactions_behind_an_unacked_record_fill_the_window() {
+        let mut w = Watermark::new(Lsn(0));
+        let a = w.begin(Lsn(10));
+        w.sent(a);
+        w.committed(a, Lsn(11));
+        assert!(w.has_room(3));
+        for end in 12..14 {
+            let empty = w.begin(Lsn(end));
+            w.committed(empty, Lsn(end));
+        }
+        assert_eq!(w.commit_lsn(a), Some(Lsn(10)));
+        assert!(w.has_room(3), "three transactions in the ledger, one record in flight");
+        let empty = w.begin(Lsn(20));
+        w.committed(empty, Lsn(20));
+        assert!(!w.has_room(3), "a fourth transaction waiting behind the unacked record");
+        w.acked(a);
+        assert!(w.is_idle() && w.has_room(3));
+        assert_eq!(w.confirmed(), Lsn(20));
+        assert_eq!(w.commit_lsn(a), None);
     }
 
     proptest! {
@@ -183,7 +222,7 @@ mod tests {
             let mut pending: Vec<(usize, TxId)> = Vec::new();
             let mut unacked = vec![0u64; sizes.len()];
             for (i, &n) in sizes.iter().enumerate() {
-                let tx = w.begin();
+                let tx = w.begin(Lsn(0));
                 for _ in 0..n {
                     w.sent(tx);
                     pending.push((i, tx));
