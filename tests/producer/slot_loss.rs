@@ -86,6 +86,7 @@ async fn a_slot_dropped_under_a_running_producer_stops_it_naming_the_last_confir
             .unwrap();
     }
     let error = stopped(&mut producer, &sc, "slot dropped under it").await;
+    println!("slot dropped under the producer: {error}");
     assert!(!slot_exists(&sc.pg, &sc.slot).await, "the producer re-created the dropped slot");
     assert!(matches!(error, ProducerError::SlotLost { last_confirmed: Some(_), .. }), "{error:?}");
     let message = error.to_string();
@@ -118,6 +119,7 @@ async fn a_restart_without_the_slot_while_the_topics_hold_its_records_is_refused
 
     let mut restarted = RunningProducer::spawn(sc.producer());
     let error = stopped(&mut restarted, &sc, "restart without its slot").await;
+    println!("restart without the slot: {error}");
     assert!(!slot_exists(&sc.pg, &sc.slot).await, "the refused start created a slot");
     assert!(matches!(error, ProducerError::SlotLost { .. }), "{error:?}");
     let message = error.to_string();

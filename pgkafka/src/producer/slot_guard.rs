@@ -157,13 +157,13 @@ pub(crate) fn on_missing(
     }
 }
 
-/// `topic/partition up to offset N`, for the first few partitions.
+/// `topic partition P (end offset N)`, for the first few partitions.
 fn describe(evidence: &[TopicRecords]) -> String {
     const SHOWN: usize = 3;
     let mut parts: Vec<String> = evidence
         .iter()
         .take(SHOWN)
-        .map(|r| format!("{} partition {} up to offset {}", r.topic, r.partition, r.end_offset - 1))
+        .map(|r| format!("{} partition {} (end offset {})", r.topic, r.partition, r.end_offset))
         .collect();
     if evidence.len() > SHOWN {
         parts.push(format!("{} more partitions", evidence.len() - SHOWN));
@@ -196,7 +196,7 @@ mod tests {
         let error = on_missing("s", SessionStart::First, SlotMissingPolicy::Refuse, &evidence()).unwrap_err();
         let message = error.to_string();
         assert!(matches!(error, ProducerError::SlotLost { last_confirmed: None, .. }), "{error:?}");
-        for part in ["slot s", "orders partition 2 up to offset 41", "SlotMissingPolicy::Create", "slot_missing"] {
+        for part in ["slot s", "orders partition 2 (end offset 42)", "SlotMissingPolicy::Create", "slot_missing"] {
             assert!(message.contains(part), "{part:?} missing from: {message}");
         }
         assert!(on_missing("s", SessionStart::First, SlotMissingPolicy::Create, &evidence()).is_ok());
