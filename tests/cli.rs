@@ -264,3 +264,44 @@ async fn json_logs_are_one_object_per_line_with_span_fields() {
     assert_eq!(streaming["span"]["slot"], slot, "the span's slot is a field: {streaming}");
     assert_eq!(streaming["span"]["name"], "pgkafka_producer");
 }
+
+/// A slot that does not exist while the topic already holds records: `--check` refuses, naming
+/// the slot, the topic and the `slot_missing` setting; with `slot_missing = "create"` it accepts
+/// that a new slot will be created.
+#[tokio::test]
+async fn check_refuses_a_missing_slot_while_the_topic_holds_records_unless_slot_missing_is_create() {
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    let pg = pg_client().await;
+    let table = unique_name("cli_lost_tbl");
+    let publication = unique_name("cli_lost_pub");
+    let topic = unique_name("cli_lost_topic");
+    let slot = unique_name("cli_lost_slot");
+    create_topic(&topic, 1).await;
+    let feeder: FutureProducer = pgkafka_tests::kafka_config().create().unwrap();
+    feeder
+        .send(FutureRecord::<[u8], [u8]>::to(&topic).payload(b"written by an earlier stream"), std::time::Duration::from_secs(30))
+        .await
+        .map_err(|(e, _)| e)
+        .unwrap();
+    pg.batch_execute(&format!(
+        "CREATE TABLE {table} (id int PRIMARY KEY, v text);
+         ALTER TABLE {table} REPLICA IDENTITY FULL;
+         CREATE PUBLICATION {publication} FOR TABLE {table};"
+    ))
+    .await
+    .unwrap();
+    let config = format!(
+        "connection_string = \"{}\"\nbrokers = \"{}\"\nslot = \"{slot}\"\npublication = \"{publication}\"\n\
+         [topics.{table}]\nname = \"{topic}\"\npartition_key = []\n",
+        env().database_url,
+        env().brokers,
+    );
+    let output = run(&["--check"], Some(&config));
+    assert_clean_failure(&output, 1, &[&slot, &topic, "slot_missing = \"create\""]);
+
+    let config = format!("slot_missing = \"create\"\n{config}");
+    let output = run(&["--check"], Some(&config));
+    assert!(output.status.success(), "--check failed:\n{}", stderr(&output));
+    assert!(String::from_utf8_lossy(&output.stdout).contains("will be created"));
+    pg.batch_execute(&format!("DROP PUBLICATION {publication}; DROP TABLE {table};")).await.unwrap();
+}

@@ -11,7 +11,10 @@
 mod crash;
 mod disruption;
 mod lifecycle;
+mod refused;
+mod replayed_ddl;
 mod security;
+mod slot_loss;
 mod startup;
 mod stream;
 mod wal;
@@ -192,6 +195,14 @@ impl Scenario {
             let _ = self.pg.batch_execute(&format!("DROP {what}")).await;
         }
     }
+}
+
+/// A table `(id int PRIMARY KEY, v text)` with a unique name, keyed by `id`; returns its name too.
+pub(crate) fn id_table(prefix: &str, partitions: i32) -> (String, Table) {
+    let t = unique_name(prefix);
+    let mut table = Table::new(&t, format!("CREATE TABLE {t} (id int PRIMARY KEY, v text)"), &[], partitions);
+    table.key_columns = vec!["id".into()];
+    (t, table)
 }
 
 /// A row from literals: `row(&[Some("1"), None])`.

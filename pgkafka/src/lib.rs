@@ -53,7 +53,7 @@ pub use shutdown::ShutdownHandle;
 pub mod producer;
 #[cfg(feature = "producer")]
 pub use producer::{
-    CheckReport, CheckedTable, Producer, ProducerBuilder, ProducerError, SlotInUsePolicy, SlotStatus,
+    CheckReport, CheckedTable, Producer, ProducerBuilder, ProducerError, SlotInUsePolicy, SlotMissingPolicy, SlotStatus,
     TruncatePolicy,
 };
 

@@ -10,18 +10,10 @@ use pgkafka_tests::producer_task::RunningProducer;
 use pgkafka_tests::slots::slot_confirmed;
 use pgkafka_tests::topics::wait_delivered;
 use pgkafka_tests::reference::all_ops;
-use pgkafka_tests::unique_name;
 
-use super::{Scenario, Table};
+use super::{id_table, Scenario};
 
 const DELIVERY: Duration = Duration::from_secs(90);
-
-fn id_table(prefix: &str, partitions: i32) -> (String, Table) {
-    let t = unique_name(prefix);
-    let mut table = Table::new(&t, format!("CREATE TABLE {t} (id int PRIMARY KEY, v text)"), &[], partitions);
-    table.key_columns = vec!["id".into()];
-    (t, table)
-}
 
 /// 50 two-table transactions, then a graceful stop: the slot is confirmed to the last transaction's
 /// end, so a restart re-sends nothing.

@@ -17,6 +17,7 @@ pub mod consumer_task;
 pub mod consuming;
 pub mod delivery;
 pub mod disrupt;
+pub mod kafka_proxy;
 pub mod producer_process;
 pub mod producer_task;
 pub mod reference;

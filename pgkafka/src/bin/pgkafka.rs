@@ -16,6 +16,8 @@
 //! publication = "pgkafka_app"
 //! truncate = "fail"          # or "skip"
 //! slot_in_use = "wait"       # or "fail"
+//! slot_missing = "refuse"    # or "create": start anew when the slot is gone but the topics hold records
+//! # slot_failover = true      # PostgreSQL 17+: create the slot as a failover slot
 //! # max_in_flight = 10000     # unacknowledged messages at most (bounds memory)
 //! # status_interval_ms = 1000 # how often the confirmed position is reported
 //! # shutdown_timeout_secs = 30
@@ -40,7 +42,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
-use pgkafka::{Producer, ProducerError, SlotInUsePolicy, SlotStatus, TopicInfo, TruncatePolicy};
+use pgkafka::{Producer, ProducerError, SlotInUsePolicy, SlotMissingPolicy, SlotStatus, TopicInfo, TruncatePolicy};
 use serde::Deserialize;
 
 /// Streams PostgreSQL row changes to Kafka from a logical replication slot.
@@ -84,6 +86,9 @@ struct FileConfig {
     truncate: Truncate,
     #[serde(default)]
     slot_in_use: SlotInUse,
+    #[serde(default)]
+    slot_missing: SlotMissing,
+    slot_failover: Option<bool>,
     max_in_flight: Option<usize>,
     shutdown_timeout_secs: Option<u64>,
     status_interval_ms: Option<u64>,
@@ -103,6 +108,14 @@ enum SlotInUse {
     #[default]
     Wait,
     Fail,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum SlotMissing {
+    #[default]
+    Refuse,
+    Create,
 }
 
 /// A problem reported to the user: one paragraph, and the exit code.
@@ -255,7 +268,14 @@ fn build(file: FileConfig, path: &Path) -> Result<Producer, Failure> {
         .slot_in_use_policy(match file.slot_in_use {
             SlotInUse::Wait => SlotInUsePolicy::Wait,
             SlotInUse::Fail => SlotInUsePolicy::Fail,
+        })
+        .slot_missing_policy(match file.slot_missing {
+            SlotMissing::Refuse => SlotMissingPolicy::Refuse,
+            SlotMissing::Create => SlotMissingPolicy::Create,
         });
+    if let Some(failover) = file.slot_failover {
+        builder = builder.slot_failover(failover);
+    }
     if let Some(max) = file.max_in_flight {
         builder = builder.max_in_flight(max);
     }

@@ -46,6 +46,8 @@ pub(crate) struct CatalogColumn {
 /// A table in the publication, as the catalog describes it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct PublishedTable {
+    /// The table's OID: what pgoutput's Relation messages identify it by, whatever its name.
+    pub(crate) oid: u32,
     pub(crate) schema: String,
     pub(crate) table: String,
     pub(crate) replica_identity: ReplicaIdentity,
@@ -104,7 +106,8 @@ pub(crate) async fn fetch(client: &Client, publication: &str) -> Result<Catalog,
                  ARRAY(SELECT a.attname::text FROM pg_catalog.pg_index i \
                        JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey) \
                        WHERE i.indrelid = c.oid AND i.indisprimary \
-                       ORDER BY array_position(i.indkey::int2[], a.attnum)) \
+                       ORDER BY array_position(i.indkey::int2[], a.attnum)), \
+                 c.oid \
                  FROM pg_catalog.pg_publication_tables pt \
                  JOIN pg_catalog.pg_namespace n ON n.nspname = pt.schemaname \
                  JOIN pg_catalog.pg_class c ON c.relnamespace = n.oid AND c.relname = pt.tablename \
@@ -119,6 +122,7 @@ pub(crate) async fn fetch(client: &Client, publication: &str) -> Result<Catalog,
             let names: Vec<String> = row.get(4);
             let not_null: Vec<bool> = row.get(5);
             PublishedTable {
+                oid: row.get(7),
                 schema: row.get(0),
                 table: row.get(1),
                 replica_identity: ReplicaIdentity::from_relreplident(&row.get::<_, String>(2)),

@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use pgkafka_common::ident::table_name;
+use pgkafka_common::ident::{qualified, quote_ident, table_name};
 use pgkafka_common::key::encode_key_into;
 use pgkafka_common::pgoutput::{self, Message, OldTupleKind, TupleValue};
 use pgkafka_common::Lsn;
@@ -178,14 +178,18 @@ impl<F: ValueFormat> Encoder<F> {
     }
 
     fn add_relation(&mut self, relation: pgoutput::Relation, position: Lsn) -> Result<(), ProducerError> {
-        let Some(route) = self.routes.get(&relation.namespace, &relation.name).cloned() else {
-            return Err(ProducerError::Schema(format!(
-                "table {} joined publication {:?} while the producer was running (at LSN {position}) and has no \
-                 topic map entry; add one and restart the producer. Nothing from it was confirmed",
-                table_name(&relation.namespace, &relation.name),
-                self.publication,
-            )));
+        let Some(route) = self.routes.for_relation(relation.id, &relation.namespace, &relation.name).cloned() else {
+            return Err(self.unrouted(&relation, position));
         };
+        let name = table_name(&relation.namespace, &relation.name);
+        if name != route.table_name {
+            tracing::info!(
+                table = %route.table_name,
+                was = %name,
+                lsn = %position,
+                "changes made while the table had another name: they go to its topic under its current name"
+            );
+        }
         let col_names: Vec<String> = relation.columns.into_iter().map(|c| c.name).collect();
         let key_indexes = route
             .key_columns
@@ -250,6 +254,25 @@ impl<F: ValueFormat> Encoder<F> {
             value,
             timestamp_ms: tx.timestamp_ms,
         })
+    }
+
+    /// A relation the routes do not know: it joined the publication after the producer started,
+    /// or it left the publication (or was renamed out of the topic map) while changes made
+    /// before that waited in the slot. Both are fixed without touching the slot.
+    fn unrouted(&self, relation: &pgoutput::Relation, position: Lsn) -> ProducerError {
+        let name = table_name(&relation.namespace, &relation.name);
+        let publication = &self.publication;
+        ProducerError::Schema(format!(
+            "the slot holds a change of table {name} (relation OID {}) at LSN {position}, but when the producer \
+             started, publication {publication:?} had no route for that table, and nothing from it was confirmed. \
+             If the table joined the publication since: add a topic map entry for it and restart. If it left the \
+             publication while these changes waited in the slot: to deliver them, add it back with ALTER \
+             PUBLICATION {} ADD TABLE {} and restore its topic map entry, restart, and drop it again once the \
+             producer has confirmed past LSN {position}",
+            relation.id,
+            quote_ident(publication),
+            qualified(&relation.namespace, &relation.name),
+        ))
     }
 
     /// A relation's table name for messages, or its id if no Relation message named it.
@@ -429,6 +452,7 @@ mod tests {
             wal_level: "logical".into(),
             server_encoding: "UTF8".into(),
             publication: Publication::Tables(vec![PublishedTable {
+                oid: 7,
                 schema: "sales".into(),
                 table: "orders".into(),
                 replica_identity: ReplicaIdentity::Full,
@@ -500,13 +524,24 @@ mod tests {
         let error = encoder.encode(&wire::insert(7, &[Some("1")]), Lsn(1)).unwrap_err();
         assert!(error.to_string().contains("has 1 values but its Relation message listed 3"), "{error}");
         let error = encoder.encode(&wire::relation(8, "public", "stray", &["id"]), Lsn(1)).unwrap_err();
-        assert!(error.to_string().contains("table stray joined publication \"pub\""), "{error}");
+        let message = error.to_string();
+        assert!(message.contains("change of table stray (relation OID 8) at LSN 0/500"), "{message}");
+        assert!(message.contains("ALTER PUBLICATION \"pub\" ADD TABLE \"public\".\"stray\""), "{message}");
         encoder.encode(&wire::relation(7, "sales", "orders", &["id", "doc"]), Lsn(1)).unwrap();
         let error = encoder.encode(&wire::insert(7, &[Some("1"), None]), Lsn(1)).unwrap_err();
         assert!(error.to_string().contains("partition_key column \"org\" of table sales.orders no longer exists"), "{error}");
         encoder.commit();
         let error = encoder.encode(&wire::insert(7, &[Some("1"), None]), Lsn(0x700)).unwrap_err();
         assert!(error.to_string().contains("outside a transaction") && error.to_string().contains("0/700"), "{error}");
+    }
+
+    #[test]
+    fn changes_replayed_under_a_table_s_old_name_go_to_its_topic_under_its_current_name() {
+        let mut encoder = encoder(&["org"]);
+        encoder.encode(&wire::relation(7, "sales", "orders_before_rename", &["id", "org", "doc"]), Lsn(1)).unwrap();
+        encoder.begin(Lsn(0x500), 0);
+        let (k, op, _) = record(encoder.encode(&wire::insert(7, &[Some("1"), Some("42"), None]), Lsn(1)).unwrap());
+        assert_eq!((k, op.table_name.as_str()), (key(&["42"]), "sales.orders"));
     }
 
     #[test]

@@ -46,6 +46,25 @@ pub enum ProducerError {
         /// The server process holding it, if known.
         pid: Option<i32>,
     },
+    /// The replication slot is gone or can no longer stream (dropped, lost in a failover to a
+    /// server without it, or invalidated because the server removed WAL it needed). The changes
+    /// after `last_confirmed` cannot be streamed from it any more; the producer never creates a
+    /// new slot silently, since that would skip them. The message says how to go on.
+    #[error(
+        "replication slot {slot} {reason}. {}pgkafka does not create a new slot by itself, since a new slot \
+         starts at the current end of the WAL and everything in between would be skipped. To go on: {remedy}",
+        last_confirmed.map(|lsn| format!("The changes after LSN {lsn}, the last position confirmed to it, cannot be streamed any more. ")).unwrap_or_default()
+    )]
+    SlotLost {
+        /// The slot.
+        slot: String,
+        /// What happened to it.
+        reason: String,
+        /// The last position confirmed to the slot, when known: what was delivered for sure.
+        last_confirmed: Option<Lsn>,
+        /// How to recover.
+        remedy: String,
+    },
     /// An error from PostgreSQL that retrying did not fix.
     #[error("postgres: {0}")]
     Postgres(String),

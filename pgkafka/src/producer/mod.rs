@@ -10,10 +10,12 @@ mod routes;
 mod session;
 mod sink;
 mod slot;
+mod slot_guard;
 mod startup;
 mod watermark;
 
 pub use error::ProducerError;
+pub use slot_guard::SlotMissingPolicy;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -23,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 
 use self::error::{Attempt, Failure};
 use self::sink::Sink;
+use self::slot_guard::SessionStart;
 pub use crate::shutdown::ShutdownHandle;
 use crate::kafka_config::RedactedOptions;
 use crate::metrics::PRODUCER_RECONNECTS;
@@ -54,7 +57,8 @@ pub struct CheckedTable {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum SlotStatus {
-    /// It does not exist yet; [`Producer::start`] creates it.
+    /// It does not exist yet, and the topics hold no records (or [`SlotMissingPolicy::Create`]
+    /// is set); [`Producer::start`] creates it.
     Missing,
     /// It exists and no connection streams from it.
     Idle {
@@ -105,6 +109,8 @@ pub(crate) struct ProducerConfig {
     pub(crate) kafka_options: Vec<(String, String)>,
     pub(crate) truncate_policy: TruncatePolicy,
     pub(crate) slot_in_use_policy: SlotInUsePolicy,
+    pub(crate) slot_missing_policy: SlotMissingPolicy,
+    pub(crate) slot_failover: bool,
     pub(crate) max_in_flight: usize,
     pub(crate) status_interval: Duration,
     pub(crate) reconnect_backoff_max: Duration,
@@ -123,6 +129,8 @@ impl std::fmt::Debug for ProducerConfig {
             .field("kafka_options", &RedactedOptions(&self.kafka_options))
             .field("truncate_policy", &self.truncate_policy)
             .field("slot_in_use_policy", &self.slot_in_use_policy)
+            .field("slot_missing_policy", &self.slot_missing_policy)
+            .field("slot_failover", &self.slot_failover)
             .field("max_in_flight", &self.max_in_flight)
             .field("status_interval", &self.status_interval)
             .field("reconnect_backoff_max", &self.reconnect_backoff_max)
@@ -197,6 +205,8 @@ impl Producer {
                 kafka_options: Vec::new(),
                 truncate_policy: TruncatePolicy::default(),
                 slot_in_use_policy: SlotInUsePolicy::default(),
+                slot_missing_policy: SlotMissingPolicy::default(),
+                slot_failover: true,
                 max_in_flight: 10_000,
                 status_interval: Duration::from_secs(1),
                 reconnect_backoff_max: Duration::from_secs(30),
@@ -247,10 +257,17 @@ impl Producer {
             })?
             .map_err(Failure::into_error)?;
         let slot = match slot {
-            None => SlotStatus::Missing,
-            Some(slot::SlotState { confirmed_flush, active_pid: None }) => SlotStatus::Idle { confirmed: confirmed_flush },
-            Some(slot::SlotState { confirmed_flush, active_pid: Some(pid) }) => {
-                SlotStatus::Active { confirmed: confirmed_flush, pid }
+            None => {
+                let evidence = sink.records_in(routes.topics()).await?;
+                slot_guard::on_missing(&config.slot_name, SessionStart::First, config.slot_missing_policy, &evidence)?;
+                SlotStatus::Missing
+            }
+            Some(state) => {
+                state.usable(&config.slot_name)?;
+                match state.active_pid {
+                    None => SlotStatus::Idle { confirmed: state.confirmed_flush },
+                    Some(pid) => SlotStatus::Active { confirmed: state.confirmed_flush, pid },
+                }
             }
         };
         Ok(CheckReport {
@@ -276,12 +293,12 @@ impl Producer {
         let span = tracing::info_span!("pgkafka_producer", slot = %config.slot_name);
         let reconnects = PRODUCER_RECONNECTS.slot_counter(&config.slot_name);
         let mut sink = Arc::new(Sink::new(config)?);
-        let mut attempt = Attempt::First;
+        let mut start = SessionStart::First;
         let mut backoff = Backoff::new(Duration::from_millis(250), config.reconnect_backoff_max);
         loop {
             let started = Instant::now();
             let result = tracing::Instrument::instrument(
-                session::run(config, &connection, &sink, &self.shutdown, attempt),
+                session::run(config, &connection, &sink, &self.shutdown, start),
                 span.clone(),
             )
             .await;
@@ -294,7 +311,9 @@ impl Producer {
                 }
                 Err(Failure::Retry { reason, new_kafka_client }) => (reason, new_kafka_client),
             };
-            attempt = Attempt::Resume;
+            // What this process delivered for sure, should the slot be gone when it reconnects
+            // (the sink's position stays 0/0 when the session never opened the stream).
+            start = start.next(sink.progress().0);
             reconnects.increment(1);
             if started.elapsed() > Duration::from_secs(60) {
                 backoff.reset();
@@ -338,6 +357,24 @@ impl ProducerBuilder {
     #[must_use]
     pub fn slot_in_use_policy(mut self, policy: SlotInUsePolicy) -> Self {
         self.config.slot_in_use_policy = policy;
+        self
+    }
+
+    /// What to do when the slot does not exist at start while the mapped topics already hold
+    /// records (default [`SlotMissingPolicy::Refuse`]: stop with [`ProducerError::SlotLost`]).
+    /// A slot missing on a reconnect always stops the producer.
+    #[must_use]
+    pub fn slot_missing_policy(mut self, policy: SlotMissingPolicy) -> Self {
+        self.config.slot_missing_policy = policy;
+        self
+    }
+
+    /// Whether the slot is created with `failover = true` on PostgreSQL 17 and later (default
+    /// on), so standbys that synchronize slots (`sync_replication_slots`) have it after a
+    /// promotion. Older servers have no failover slots; this setting does nothing there.
+    #[must_use]
+    pub fn slot_failover(mut self, failover: bool) -> Self {
+        self.config.slot_failover = failover;
         self
     }
 

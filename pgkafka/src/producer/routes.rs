@@ -21,15 +21,23 @@ pub(crate) struct TableRoute {
     pub(crate) key_columns: Vec<String>,
 }
 
-/// The routes of every published table, by (schema, table).
+/// The routes of every published table, by (schema, table) and by OID.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Routes {
     by_table: HashMap<(String, String), Arc<TableRoute>>,
+    by_oid: HashMap<u32, Arc<TableRoute>>,
 }
 
 impl Routes {
     pub(crate) fn get(&self, schema: &str, table: &str) -> Option<&Arc<TableRoute>> {
         self.by_table.get(&(schema.to_owned(), table.to_owned()))
+    }
+
+    /// The route of a relation as the replication stream names it. By OID first: changes
+    /// replayed from the slot carry the table's name as it was when they were made, so a table
+    /// renamed since still finds its route; by name for a relation the catalog did not list.
+    pub(crate) fn for_relation(&self, oid: u32, schema: &str, table: &str) -> Option<&Arc<TableRoute>> {
+        self.by_oid.get(&oid).or_else(|| self.get(schema, table))
     }
 
     /// Every route, ordered by table name.
@@ -254,14 +262,13 @@ pub(crate) fn resolve(topic_map: &HashMap<String, TopicInfo>, catalog: &Catalog)
             continue;
         };
         let key_columns = check_table(table, info, publication, &mut problems);
-        routes.by_table.insert(
-            (table.schema.clone(), table.table.clone()),
-            Arc::new(TableRoute {
-                table_name: table_name(&table.schema, &table.table),
-                topic: info.name.clone(),
-                key_columns,
-            }),
-        );
+        let route = Arc::new(TableRoute {
+            table_name: table_name(&table.schema, &table.table),
+            topic: info.name.clone(),
+            key_columns,
+        });
+        routes.by_oid.insert(table.oid, Arc::clone(&route));
+        routes.by_table.insert((table.schema.clone(), table.table.clone()), route);
     }
     if problems.is_empty() {
         Ok(routes)
@@ -338,6 +345,7 @@ mod tests {
 
     fn table(schema: &str, name: &str) -> PublishedTable {
         PublishedTable {
+            oid: name.bytes().map(u32::from).sum::<u32>() + schema.len() as u32 * 1000,
             schema: schema.into(),
             table: name.into(),
             replica_identity: ReplicaIdentity::Full,
@@ -378,6 +386,19 @@ mod tests {
         let sales = routes.get("sales", "orders").unwrap();
         assert_eq!((sales.table_name.as_str(), sales.key_columns.as_slice()), ("sales.orders", &["id".to_owned()][..]));
         assert_eq!(routes.topics(), ["t1", "t2"]);
+    }
+
+    #[test]
+    fn a_relation_is_routed_by_oid_whatever_name_the_stream_gives_it() {
+        let mut renamed = table("public", "orders_v2");
+        renamed.oid = 4711;
+        let routes = resolve(&map(&[("orders_v2", "orders_topic", &[])]), &catalog(vec![renamed])).unwrap();
+        // A change made before the rename, replayed from the slot under the old name.
+        let route = routes.for_relation(4711, "public", "orders").unwrap();
+        assert_eq!((route.table_name.as_str(), route.topic.as_str()), ("orders_v2", "orders_topic"));
+        assert!(routes.for_relation(4711, "other", "name").is_some());
+        assert!(routes.for_relation(1, "public", "orders_v2").is_some(), "by name when the OID is unknown");
+        assert!(routes.for_relation(1, "public", "orders").is_none());
     }
 
     #[test]

@@ -12,8 +12,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::connection::ConnectionInfo;
 use super::encode::{Encoded, Encoder, JsonValue};
-use super::error::{Attempt, Failure};
+use super::error::Failure;
 use super::sink::Sink;
+use super::slot_guard::SessionStart;
 use super::startup;
 use super::watermark::TxId;
 use super::{ProducerConfig, ProducerError, TruncatePolicy};
@@ -50,11 +51,12 @@ pub(crate) async fn run(
     connection: &ConnectionInfo,
     sink: &Arc<Sink>,
     shutdown: &CancellationToken,
-    attempt: Attempt,
+    start: SessionStart,
 ) -> Result<(), Failure> {
+    let attempt = start.attempt();
     // Bounded: a network blackhole must not hold up a shutdown, nor a reconnect for ever.
     let opened = tokio::select! {
-        opened = tokio::time::timeout(startup::TIMEOUT, startup::open_stream(config, connection, sink, attempt)) => opened,
+        opened = tokio::time::timeout(startup::TIMEOUT, startup::open_stream(config, connection, sink, start)) => opened,
         () = shutdown.cancelled() => return Ok(()),
     };
     let startup::Stream { routes, mut replication, confirmed, origin } = opened.map_err(|_| {

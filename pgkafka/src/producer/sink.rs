@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::encode::Record;
 use super::error::Failure;
+use super::slot_guard::TopicRecords;
 use super::watermark::{TxId, Watermark};
 use super::{ProducerConfig, ProducerError};
 use crate::kafka_config::{self, KafkaClientConfig, Pinned};
@@ -235,6 +236,39 @@ impl Sink {
         })
         .await
         .map_err(|e| ProducerError::Kafka(format!("metadata check did not finish: {e}")))?
+    }
+
+    /// The partitions of `topics` that hold records (end offset above start offset): the trace an
+    /// earlier stream into them left. Topics that do not exist hold none. Off the async runtime.
+    pub(crate) async fn records_in(self: &Arc<Self>, topics: Vec<String>) -> Result<Vec<TopicRecords>, ProducerError> {
+        let sink = Arc::clone(self);
+        let unreadable = |what: String, e: &dyn std::fmt::Display| {
+            ProducerError::Kafka(format!(
+                "cannot read {what}, which shows whether an earlier stream wrote to the topics while the slot is \
+                 missing: {e}"
+            ))
+        };
+        tokio::task::spawn_blocking(move || {
+            let client = sink.producer.client();
+            // All topics' metadata: asking for one topic by name could auto-create it.
+            let metadata = client
+                .fetch_metadata(None, Duration::from_secs(15))
+                .map_err(|e| unreadable("the brokers' topic metadata".to_owned(), &e))?;
+            let mut found = Vec::new();
+            for topic in metadata.topics().iter().filter(|t| t.error().is_none() && topics.iter().any(|n| n == t.name())) {
+                for partition in topic.partitions() {
+                    let (low, high) = client
+                        .fetch_watermarks(topic.name(), partition.id(), Duration::from_secs(15))
+                        .map_err(|e| unreadable(format!("the offsets of {} partition {}", topic.name(), partition.id()), &e))?;
+                    if high > low {
+                        found.push(TopicRecords { topic: topic.name().to_owned(), partition: partition.id(), end_offset: high });
+                    }
+                }
+            }
+            Ok(found)
+        })
+        .await
+        .map_err(|e| ProducerError::Kafka(format!("reading the topics' offsets did not finish: {e}")))?
     }
 
     /// A transaction committed at `commit_lsn` starts; its records are sent under the returned id.

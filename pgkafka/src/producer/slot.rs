@@ -4,6 +4,7 @@ use pgkafka_common::Lsn;
 use tokio_postgres::Client;
 
 use super::error::{Attempt, Failure};
+use super::slot_guard::{self, SlotHealth};
 use super::ProducerError;
 
 /// Replication slot names PostgreSQL accepts: lower-case letters, digits and underscores.
@@ -20,23 +21,35 @@ pub(crate) fn validate_name(slot: &str) -> Result<(), ProducerError> {
     }
 }
 
-/// The slot's state, after creating it if it was missing.
+/// The slot as `pg_replication_slots` shows it.
 #[derive(Debug)]
 pub(crate) struct SlotState {
     pub(crate) confirmed_flush: Lsn,
     pub(crate) active_pid: Option<i32>,
+    pub(crate) health: SlotHealth,
 }
 
-/// Finds the slot, creating it (pgoutput) if missing, and checks it suits the producer.
-pub(crate) async fn ensure(client: &Client, slot: &str, attempt: Attempt) -> Result<SlotState, Failure> {
-    if let Some(state) = inspect(client, slot, attempt).await? {
-        return Ok(state);
+impl SlotState {
+    /// An error if the slot was invalidated and can no longer stream.
+    pub(crate) fn usable(&self, slot: &str) -> Result<(), ProducerError> {
+        match self.health.invalidated() {
+            Some(reason) => Err(slot_guard::invalidated(slot, self.confirmed_flush, reason)),
+            None => Ok(()),
+        }
     }
-    let created = client
-        .query_opt("SELECT lsn::text FROM pg_catalog.pg_create_logical_replication_slot($1, 'pgoutput')", &[&slot])
-        .await;
+}
+
+/// Creates the slot (pgoutput; a failover slot on PostgreSQL 17+ when `failover`). Callers ask
+/// [`slot_guard::on_missing`] first: a new slot skips everything before the current WAL end.
+pub(crate) async fn create(client: &Client, slot: &str, failover: bool, attempt: Attempt) -> Result<SlotState, Failure> {
+    let version: i32 = client
+        .query_one("SELECT current_setting('server_version_num')::int", &[])
+        .await
+        .map_err(|e| Failure::postgres(format!("reading the server version: {e}"), attempt))?
+        .get(0);
+    let created = client.query_opt(slot_guard::create_slot_sql(version, failover), &[&slot]).await;
     match created {
-        Ok(_) => tracing::info!(slot, "created logical replication slot (pgoutput)"),
+        Ok(_) => tracing::info!(slot, failover = failover && version >= 170_000, "created logical replication slot (pgoutput)"),
         // Another producer created it first: use it.
         Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::DUPLICATE_OBJECT) => {}
         Err(e) => {
@@ -58,8 +71,12 @@ pub(crate) async fn ensure(client: &Client, slot: &str, attempt: Attempt) -> Res
 pub(crate) async fn inspect(client: &Client, slot: &str, attempt: Attempt) -> Result<Option<SlotState>, Failure> {
     let row = client
         .query_opt(
+            // The health columns differ between server versions: read them through to_jsonb, which
+            // yields NULL for a column the server does not have.
             "SELECT s.plugin::text, s.slot_type, s.database::text, current_database()::text, \
-             s.active_pid, COALESCE(s.confirmed_flush_lsn, '0/0')::text \
+             s.active_pid, COALESCE(s.confirmed_flush_lsn, '0/0')::text, \
+             to_jsonb(s) ->> 'wal_status', to_jsonb(s) ->> 'invalidation_reason', \
+             (to_jsonb(s) ->> 'conflicting')::boolean \
              FROM pg_catalog.pg_replication_slots s WHERE s.slot_name = $1",
             &[&slot],
         )
@@ -84,7 +101,8 @@ pub(crate) async fn inspect(client: &Client, slot: &str, attempt: Attempt) -> Re
         ))));
     }
     let confirmed: String = row.get(5);
-    Ok(Some(SlotState { confirmed_flush: confirmed.parse().unwrap_or_default(), active_pid: row.get(4) }))
+    let health = SlotHealth { wal_status: row.get(6), invalidation_reason: row.get(7), conflicting: row.get(8) };
+    Ok(Some(SlotState { confirmed_flush: confirmed.parse().unwrap_or_default(), active_pid: row.get(4), health }))
 }
 
 #[cfg(test)]

@@ -1,6 +1,6 @@
 //! Everything before streaming, in one order for [`Producer::check`](super::Producer::check) and
 //! every session of [`Producer::start`](super::Producer::start): settings -> connect -> catalog ->
-//! routes -> topics -> slot -> replication connection.
+//! routes -> topics -> slot (created only as `slot_guard` allows) -> replication connection.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,6 +15,7 @@ use super::connection::{self, ConnectionInfo};
 use super::error::{Attempt, Failure};
 use super::routes::{self, Routes};
 use super::sink::Sink;
+use super::slot_guard::{self, SessionStart};
 use super::{catalog, slot, ProducerConfig, ProducerError, SlotInUsePolicy};
 
 /// The checks that need no server, and the parsed connection string.
@@ -98,10 +99,23 @@ pub(crate) async fn open_stream(
     config: &ProducerConfig,
     connection: &ConnectionInfo,
     sink: &Arc<Sink>,
-    attempt: Attempt,
+    start: SessionStart,
 ) -> Result<Stream, Failure> {
+    let attempt = start.attempt();
     let (client, routes) = preflight(config, connection, sink, attempt).await?;
-    let slot = slot::ensure(&client, &config.slot_name, attempt).await?;
+    let slot = match slot::inspect(&client, &config.slot_name, attempt).await? {
+        Some(slot) => slot,
+        None => {
+            // Only a first start may create the slot, and only if nothing shows one existed.
+            let evidence = match start {
+                SessionStart::First | SessionStart::Retrying => sink.records_in(routes.topics()).await?,
+                SessionStart::Resumed { .. } => Vec::new(),
+            };
+            slot_guard::on_missing(&config.slot_name, start, config.slot_missing_policy, &evidence)?;
+            slot::create(&client, &config.slot_name, config.slot_failover, attempt).await?
+        }
+    };
+    slot.usable(&config.slot_name)?;
     if let Some(pid) = slot.active_pid {
         return Err(slot_in_use(config, Some(pid)));
     }
