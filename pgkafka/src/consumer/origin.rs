@@ -29,12 +29,8 @@ use std::fmt;
 
 use crate::Lsn;
 
-/// Header carrying the database system identifier (decimal text, as `IDENTIFY_SYSTEM` reports it).
-pub(crate) const SYSTEM_ID_HEADER: &str = "pgkafka.system_id";
-/// Header carrying the timeline the producer read from (decimal text).
-pub(crate) const TIMELINE_HEADER: &str = "pgkafka.timeline";
-/// Header carrying the replication slot's name.
-pub(crate) const SLOT_HEADER: &str = "pgkafka.slot";
+// The producer writes these headers; one home for their names in `pgkafka_common::headers`.
+use pgkafka_common::headers::{SLOT as SLOT_HEADER, SYSTEM_ID as SYSTEM_ID_HEADER, TIMELINE as TIMELINE_HEADER};
 
 /// The history an op belongs to: the cluster, timeline and slot its producer read.
 #[derive(Debug, Clone, PartialEq, Eq)]
