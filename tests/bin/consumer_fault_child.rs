@@ -15,13 +15,8 @@ use std::io::Write as _;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use pgkafka::sqlx::{Postgres, Transaction};
-use pgkafka::{async_trait::async_trait, BasicApplication, Consumer, ConsumerError, IdempotentApplication, Op, ReplicationOp};
-
-fn tag_and_i(op: &ReplicationOp) -> (i32, i64) {
-    let Op::Insert(row) = &op.op else { panic!("not an insert: {op:?}") };
-    (row[0].as_deref().unwrap().parse().unwrap(), row[1].as_deref().unwrap().parse().unwrap())
-}
+use pgkafka::{async_trait::async_trait, BasicApplication, Consumer, ConsumerError, ReplicationOp};
+use pgkafka_tests::consuming::{tag_and_i, Sink};
 
 /// Panics once, on one op.
 struct PanicsOnce {
@@ -32,36 +27,12 @@ struct PanicsOnce {
 #[async_trait]
 impl BasicApplication for PanicsOnce {
     async fn handle_message(&self, op: &ReplicationOp) -> Result<(), ConsumerError> {
-        let (tag, i) = tag_and_i(op);
+        let (tag, i) = tag_and_i(op)?;
         println!("handled {tag} {i}");
         std::io::stdout().flush().unwrap();
         if (tag, i) == self.at && !self.panicked.swap(true, Ordering::SeqCst) {
             panic!("handler bug at {tag}/{i}");
         }
-        Ok(())
-    }
-}
-
-/// Inserts a row per op, slowly.
-struct SlowSink {
-    table: String,
-}
-
-#[async_trait]
-impl IdempotentApplication for SlowSink {
-    async fn handle_message(&self, tx: &mut Transaction<'_, Postgres>, op: &ReplicationOp) -> Result<(), ConsumerError> {
-        let (tag, i) = tag_and_i(op);
-        pgkafka::sqlx::query(&format!(
-            "INSERT INTO {} (partition_tag, i, lsn, seq_id) VALUES ($1, $2, $3::text::numeric, $4::text::numeric)",
-            self.table
-        ))
-        .bind(tag)
-        .bind(i)
-        .bind(op.lsn.to_string())
-        .bind(op.seq_id.to_string())
-        .execute(&mut **tx)
-        .await?;
-        tokio::time::sleep(Duration::from_millis(25)).await;
         Ok(())
     }
 }
@@ -95,7 +66,7 @@ async fn main() {
         [mode, topic, group, url, table, brokers] if mode == "idempotent" => {
             let separator = if url.contains('?') { '&' } else { '?' };
             let url = format!("{url}{separator}application_name=pgkafka_fault_{}", std::process::id());
-            let app = SlowSink { table: table.clone() };
+            let app = Sink::new(table).pause(Duration::from_millis(25));
             in_group(Consumer::new(group.as_str(), vec![topic.as_str()], brokers.as_str(), app))
                 .state_table(format!("{table}_state"))
                 .batch_size(20)
