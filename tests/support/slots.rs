@@ -4,9 +4,15 @@ use std::time::Duration;
 
 use crate::wait_for;
 
-/// The pid of the connection streaming from `slot`, if any.
+/// The pid of the walsender streaming from `slot`, if any. A backend creating the slot holds it
+/// too (while it waits for running transactions to find a consistent point), but is not
+/// streaming: only a walsender counts.
 pub async fn slot_active_pid(pg: &tokio_postgres::Client, slot: &str) -> Option<i32> {
-    pg.query_opt("SELECT active_pid FROM pg_replication_slots WHERE slot_name = $1 AND active", &[&slot])
+    pg.query_opt(
+        "SELECT r.active_pid FROM pg_replication_slots r JOIN pg_stat_activity a ON a.pid = r.active_pid \
+         WHERE r.slot_name = $1 AND r.active AND a.backend_type = 'walsender'",
+        &[&slot],
+    )
         .await
         .ok()
         .flatten()
