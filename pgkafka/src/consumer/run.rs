@@ -172,8 +172,9 @@ impl Assignment {
     }
 
     /// Commits the finished offsets of `keys` (all when `None`) not yet confirmed as committed.
-    /// A synchronous commit is confirmed by its result; an asynchronous one by librdkafka's
-    /// commit callback, later in `poll`: a commit that fails is sent again by the next one.
+    /// A synchronous commit is confirmed by its result; an asynchronous one by the committed
+    /// offset in librdkafka's next statistics (see `Context::stats`): until confirmed, an offset
+    /// is sent again by the next commit, so a commit that failed is never lost.
     fn commit(&self, consumer: &BaseConsumer<Context>, keys: Option<&[Key]>, mode: CommitMode) {
         let list = self.lock().pending_commits(keys);
         if list.count() == 0 {
@@ -211,18 +212,26 @@ impl ClientContext for Context {
     }
 
     /// librdkafka's statistics (every `statistics.interval.ms`, 5 s by default here) give each
-    /// partition's end offset, from which the lag gauges are set.
+    /// partition's end offset, from which the lag gauges are set, and the offset Kafka confirmed
+    /// as committed. The latter is how asynchronous commits are confirmed: rust-rdkafka 0.39 never
+    /// calls `commit_callback` for them (fede1024/rust-rdkafka#856), so without it every commit
+    /// would be sent again at each `commit_interval`; with it, at most until the next statistics.
     fn stats(&self, statistics: rdkafka::Statistics) {
         for (topic, p, partition) in self.assignment.lock().selected(None) {
             if let Some(stats) = statistics.topics.get(topic).and_then(|t| t.partitions.get(&p)) {
                 partition.record_lag(stats.hi_offset, stats.committed_offset);
+                if stats.committed_offset >= 0 {
+                    partition.committed(stats.committed_offset);
+                }
             }
         }
     }
 }
 
 impl ConsumerContext for Context {
-    /// The outcome of every offset commit, served by `poll`.
+    /// The outcome of an offset commit, served by `poll`. Synchronous commits are confirmed from
+    /// their result directly; for asynchronous ones rust-rdkafka 0.39 does not call this (see
+    /// `stats`), but a future version will, and the bookkeeping is the same.
     fn commit_callback(&self, result: KafkaResult<()>, offsets: &TopicPartitionList) {
         self.assignment.lock().confirm(&result, offsets);
     }
