@@ -57,7 +57,7 @@ async fn offset_commits_the_broker_refuses_are_committed_again() {
     let refused = proxy.refused_commits();
     println!("refused offset commits: {refused:?}");
     assert!(
-        refused.iter().any(|(t, p, offset)| *t == topic && *p == 0 && *offset == n),
+        refused.iter().any(|c| c.topic == topic && c.partition == 0 && c.offset == n),
         "no commit of offset {n} went through the proxy and was refused: {refused:?}"
     );
     running.stop().await.expect("a graceful stop");

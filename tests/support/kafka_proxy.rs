@@ -65,6 +65,14 @@ struct Refusal {
     answer_after: Duration,
 }
 
+/// One partition's offset in an OffsetCommit request the proxy refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RefusedCommit {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+}
+
 /// One refused partition batch, as the test can check it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Refused {
@@ -84,8 +92,8 @@ struct State {
     /// How many more OffsetCommit requests to refuse, and with what error code.
     commits_to_refuse: AtomicU32,
     commit_error_code: Mutex<i16>,
-    /// OffsetCommit requests refused so far: `(topic, partition, offset)` of each partition in them.
-    refused_commits: Mutex<Vec<(String, i32, i64)>>,
+    /// Each partition of the OffsetCommit requests refused so far.
+    refused_commits: Mutex<Vec<RefusedCommit>>,
 }
 
 /// The proxy; dropping it stops accepting connections.
@@ -136,8 +144,8 @@ impl KafkaProxy {
         self.state.commits_to_refuse.store(count, Ordering::SeqCst);
     }
 
-    /// `(topic, partition, offset)` of every partition of every OffsetCommit request refused so far.
-    pub fn refused_commits(&self) -> Vec<(String, i32, i64)> {
+    /// Every partition of every OffsetCommit request refused so far.
+    pub fn refused_commits(&self) -> Vec<RefusedCommit> {
         lock(&self.state.refused_commits).clone()
     }
 
@@ -296,12 +304,12 @@ fn take_commit_refusal(state: &State) -> bool {
 }
 
 /// The answer to an OffsetCommit request that refuses each of its partitions with `error_code`,
-/// and the `(topic, partition, offset)` it refused.
+/// and what it refused.
 fn refuse_offset_commit(
     header: &RequestHeader,
     mut body: Bytes,
     error_code: i16,
-) -> Result<(Bytes, Vec<(String, i32, i64)>), String> {
+) -> Result<(Bytes, Vec<RefusedCommit>), String> {
     let version = header.request_api_version;
     let request = OffsetCommitRequest::decode(&mut body, version).map_err(|e| e.to_string())?;
     let mut refused = Vec::new();
@@ -313,7 +321,11 @@ fn refuse_offset_commit(
                 .partitions
                 .iter()
                 .map(|partition| {
-                    refused.push((topic.name.0.as_str().to_owned(), partition.partition_index, partition.committed_offset));
+                    refused.push(RefusedCommit {
+                        topic: topic.name.0.as_str().to_owned(),
+                        partition: partition.partition_index,
+                        offset: partition.committed_offset,
+                    });
                     OffsetCommitResponsePartition::default()
                         .with_partition_index(partition.partition_index)
                         .with_error_code(error_code)
