@@ -7,6 +7,7 @@
 //! was sent to and `i` its position in that partition's stream (`pgkafka_tests::consuming`).
 
 mod basic;
+mod commits;
 mod crash;
 mod faults;
 mod idempotent;

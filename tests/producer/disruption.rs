@@ -142,3 +142,5 @@ async fn the_producer_rides_out_a_broker_pause_and_a_postgres_restart() {
     producer.stop().await.expect("graceful stop after the disruptions");
     sc.cleanup().await;
 }
+
+mod slot_invalidated;

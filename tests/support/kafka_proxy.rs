@@ -1,6 +1,6 @@
-//! A Kafka-protocol proxy in front of the real broker that refuses chosen records: how a test
-//! makes "the broker refuses one record in the middle of a stream" happen on a broker that does not
-//! enforce topic limits (Tansu accepts a record above a topic's `max.message.bytes`).
+//! A Kafka-protocol proxy in front of the real broker that refuses chosen records or offset commits:
+//! how a test makes "the broker refuses one record in the middle of a stream" (Tansu does not enforce
+//! topic limits: it accepts a record above a topic's `max.message.bytes`) or "a commit fails" happen.
 //!
 //! It forwards every request and response unchanged, except:
 //! - Metadata responses (and the leader endpoints of Produce responses): each broker's address is
@@ -10,23 +10,28 @@
 //!   answered with the chosen error code (e.g. [`MESSAGE_TOO_LARGE`]), exactly as a broker answers a
 //!   batch it refuses; the other partitions of the request reach the broker. It refuses such
 //!   batches until [`KafkaProxy::stop_refusing`] ("the limit was raised").
+//! - FindCoordinator responses: the group coordinator's address is replaced the same way, so a
+//!   consumer's group traffic (join, heartbeat, offset commits) goes through the proxy too.
+//! - OffsetCommit requests, while [`KafkaProxy::refuse_offset_commits`] has refusals left: not
+//!   forwarded, each of their partitions answered with the chosen error code (e.g.
+//!   [`COORDINATOR_NOT_AVAILABLE`]), as a broker whose coordinator is moving answers.
 //!
-//! Only what a producer uses goes through it (ApiVersions, Metadata, InitProducerId, Produce);
-//! consumers' group coordinator addresses are not rewritten. Responses keep the order of their
-//! requests: one queue per connection says, for each request, whether its answer comes from the
-//! broker or from the proxy.
+//! Responses keep the order of their requests: one queue per connection says, for each request,
+//! whether its answer comes from the broker or from the proxy.
 
 use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
+use kafka_protocol::messages::offset_commit_response::{OffsetCommitResponsePartition, OffsetCommitResponseTopic};
 use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
 use kafka_protocol::messages::{
-    ApiKey, MetadataResponse, ProduceRequest, ProduceResponse, RequestHeader, ResponseHeader, TopicName,
+    ApiKey, FindCoordinatorResponse, MetadataResponse, OffsetCommitRequest, OffsetCommitResponse, ProduceRequest,
+    ProduceResponse, RequestHeader, ResponseHeader, TopicName,
 };
 use kafka_protocol::protocol::{decode_request_header_from_buffer, Decodable, Encodable, StrBytes};
 use kafka_protocol::records::RecordBatchDecoder;
@@ -40,6 +45,17 @@ use tokio::task::JoinHandle;
 pub const MESSAGE_TOO_LARGE: i16 = 10;
 /// Kafka error code TOPIC_AUTHORIZATION_FAILED: the producer may no longer write the topic.
 pub const TOPIC_AUTHORIZATION_FAILED: i16 = 29;
+/// Kafka error code COORDINATOR_NOT_AVAILABLE (retriable): the group coordinator is not ready,
+/// e.g. while it moves to another broker.
+pub const COORDINATOR_NOT_AVAILABLE: i16 = 15;
+/// Kafka error code REQUEST_TIMED_OUT (retriable).
+pub const REQUEST_TIMED_OUT: i16 = 7;
+/// Kafka error code REBALANCE_IN_PROGRESS: an offset commit sent while the group rebalances. The
+/// offsets may be committed again once it settled. librdkafka hands it to the commit callback as
+/// it is, whereas it keeps an asynchronous commit refused with [`COORDINATOR_NOT_AVAILABLE`] or
+/// [`REQUEST_TIMED_OUT`] and sends it again itself (up to `socket.timeout.ms`), so the
+/// application never sees those fail.
+pub const REBALANCE_IN_PROGRESS: i16 = 27;
 
 /// Which records to refuse, and with what.
 #[derive(Debug, Clone)]
@@ -47,6 +63,14 @@ struct Refusal {
     marker: Vec<u8>,
     error_code: i16,
     answer_after: Duration,
+}
+
+/// One partition's offset in an OffsetCommit request the proxy refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RefusedCommit {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
 }
 
 /// One refused partition batch, as the test can check it.
@@ -65,6 +89,11 @@ struct State {
     refusal: Mutex<Option<Refusal>>,
     refused: Mutex<Vec<Refused>>,
     connections: AtomicUsize,
+    /// How many more OffsetCommit requests to refuse, and with what error code.
+    commits_to_refuse: AtomicU32,
+    commit_error_code: Mutex<i16>,
+    /// Each partition of the OffsetCommit requests refused so far.
+    refused_commits: Mutex<Vec<RefusedCommit>>,
 }
 
 /// The proxy; dropping it stops accepting connections.
@@ -106,6 +135,18 @@ impl KafkaProxy {
     /// Every partition batch refused so far.
     pub fn refused(&self) -> Vec<Refused> {
         lock(&self.state.refused).clone()
+    }
+
+    /// Answers the next `count` OffsetCommit requests (any client, any group) with `error_code` for
+    /// each of their partitions, without forwarding them; `0` forwards them all again.
+    pub fn refuse_offset_commits(&self, count: u32, error_code: i16) {
+        *lock(&self.state.commit_error_code) = error_code;
+        self.state.commits_to_refuse.store(count, Ordering::SeqCst);
+    }
+
+    /// Every partition of every OffsetCommit request refused so far.
+    pub fn refused_commits(&self) -> Vec<RefusedCommit> {
+        lock(&self.state.refused_commits).clone()
     }
 
     /// How many client connections the proxy accepted (a test can check traffic goes through it).
@@ -207,6 +248,18 @@ async fn forward_requests(
         };
         let api_key = ApiKey::try_from(header.request_api_key).ok();
         let version = header.request_api_version;
+        if api_key == Some(ApiKey::OffsetCommit) && take_commit_refusal(&state) {
+            let error_code = *lock(&state.commit_error_code);
+            match refuse_offset_commit(&header, body.clone(), error_code) {
+                Ok((response, refused)) => {
+                    eprintln!("kafka proxy: refusing an offset commit with error {error_code}: {refused:?}");
+                    lock(&state.refused_commits).extend(refused);
+                    let _ = answers.send(Answer::Proxy(response, Duration::ZERO));
+                    continue;
+                }
+                Err(error) => eprintln!("kafka proxy: cannot read an offset commit request, forwarding it: {error}"),
+            }
+        }
         if api_key == Some(ApiKey::Produce) {
             let refusal = lock(&state.refusal).clone();
             if let Some(refusal) = refusal {
@@ -243,6 +296,51 @@ async fn forward_requests(
         let _ = answers.send(Answer::Broker { api_key, version, refused: Vec::new(), delay: Duration::ZERO });
         write_frame(&mut server, &frame).await?;
     }
+}
+
+/// Takes one of the OffsetCommit refusals left, if any.
+fn take_commit_refusal(state: &State) -> bool {
+    state.commits_to_refuse.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |left| left.checked_sub(1)).is_ok()
+}
+
+/// The answer to an OffsetCommit request that refuses each of its partitions with `error_code`,
+/// and what it refused.
+fn refuse_offset_commit(
+    header: &RequestHeader,
+    mut body: Bytes,
+    error_code: i16,
+) -> Result<(Bytes, Vec<RefusedCommit>), String> {
+    let version = header.request_api_version;
+    let request = OffsetCommitRequest::decode(&mut body, version).map_err(|e| e.to_string())?;
+    let mut refused = Vec::new();
+    let topics = request
+        .topics
+        .iter()
+        .map(|topic| {
+            let partitions = topic
+                .partitions
+                .iter()
+                .map(|partition| {
+                    refused.push(RefusedCommit {
+                        topic: topic.name.0.as_str().to_owned(),
+                        partition: partition.partition_index,
+                        offset: partition.committed_offset,
+                    });
+                    OffsetCommitResponsePartition::default()
+                        .with_partition_index(partition.partition_index)
+                        .with_error_code(error_code)
+                })
+                .collect();
+            OffsetCommitResponseTopic::default()
+                .with_name(topic.name.clone())
+                .with_topic_id(topic.topic_id)
+                .with_partitions(partitions)
+        })
+        .collect();
+    let response = OffsetCommitResponse::default().with_topics(topics);
+    let response_header = ResponseHeader::default().with_correlation_id(header.correlation_id);
+    let frame = encode(&response_header, ApiKey::OffsetCommit.response_header_version(version), &response, version)?;
+    Ok((frame, refused))
 }
 
 /// The `acks` of a produce request (acks=0 requests get no response).
@@ -359,11 +457,27 @@ fn rewrite_response(
     mut frame: Bytes,
 ) -> Result<Option<Bytes>, String> {
     let Some(api_key) = api_key else { return Ok(None) };
-    if !matches!(api_key, ApiKey::Metadata | ApiKey::Produce) {
+    if !matches!(api_key, ApiKey::Metadata | ApiKey::Produce | ApiKey::FindCoordinator) {
         return Ok(None);
     }
     let header_version = api_key.response_header_version(version);
     let header = ResponseHeader::decode(&mut frame, header_version).map_err(|e| e.to_string())?;
+    if api_key == ApiKey::FindCoordinator {
+        let mut response = FindCoordinatorResponse::decode(&mut frame, version).map_err(|e| e.to_string())?;
+        // Versions 0-3 answer for one key at the top level, 4+ in `coordinators`; an error answer
+        // carries an empty host, which stays as it is.
+        if !response.host.is_empty() {
+            let local = listener_for(state, &format!("{}:{}", response.host.as_str(), response.port));
+            response.host = StrBytes::from_string(local.ip().to_string());
+            response.port = i32::from(local.port());
+        }
+        for coordinator in response.coordinators.iter_mut().filter(|c| !c.host.is_empty()) {
+            let local = listener_for(state, &format!("{}:{}", coordinator.host.as_str(), coordinator.port));
+            coordinator.host = StrBytes::from_string(local.ip().to_string());
+            coordinator.port = i32::from(local.port());
+        }
+        return encode(&header, header_version, &response, version).map(Some);
+    }
     if api_key == ApiKey::Metadata {
         let mut response = MetadataResponse::decode(&mut frame, version).map_err(|e| e.to_string())?;
         for broker in &mut response.brokers {
