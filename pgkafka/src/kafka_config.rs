@@ -10,6 +10,7 @@ use std::fmt;
 
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::error::KafkaError;
+#[cfg(feature = "consumer")]
 use rdkafka::types::RDKafkaErrorCode;
 
 /// A setting the user may not change, with the values that keep pgkafka's guarantees and why.
@@ -143,6 +144,7 @@ pub(crate) fn error_to_tracing(error: &KafkaError, reason: &str) {
 
 /// Kafka errors that retrying with the same client and settings cannot fix: authentication and
 /// authorization, a fenced or fatal client, an unknown topic, invalid arguments.
+#[cfg(feature = "consumer")]
 pub(crate) fn is_fatal_code(code: RDKafkaErrorCode) -> bool {
     use RDKafkaErrorCode as C;
     matches!(
@@ -160,6 +162,7 @@ pub(crate) fn is_fatal_code(code: RDKafkaErrorCode) -> bool {
 }
 
 /// [`is_fatal_code`] for an error that may carry no code.
+#[cfg(feature = "consumer")]
 pub(crate) fn is_fatal(error: &KafkaError) -> bool {
     error.rdkafka_error_code().is_some_and(is_fatal_code)
 }

@@ -142,26 +142,31 @@ pub fn describe() {
 #[cfg(any(feature = "producer", feature = "consumer"))]
 impl Metric {
     /// This counter, labelled by `slot`.
+    #[cfg(feature = "producer")]
     pub(crate) fn slot_counter(&self, slot: &str) -> ::metrics::Counter {
         ::metrics::counter!(self.name, "slot" => slot.to_owned())
     }
 
     /// This gauge, labelled by `slot`.
+    #[cfg(feature = "producer")]
     pub(crate) fn slot_gauge(&self, slot: &str) -> ::metrics::Gauge {
         ::metrics::gauge!(self.name, "slot" => slot.to_owned())
     }
 
     /// This counter, labelled by `topic` and `partition`.
+    #[cfg(feature = "consumer")]
     pub(crate) fn partition_counter(&self, topic: &str, partition: i32) -> ::metrics::Counter {
         ::metrics::counter!(self.name, "topic" => topic.to_owned(), "partition" => partition.to_string())
     }
 
     /// This gauge, labelled by `topic` and `partition`.
+    #[cfg(feature = "consumer")]
     pub(crate) fn partition_gauge(&self, topic: &str, partition: i32) -> ::metrics::Gauge {
         ::metrics::gauge!(self.name, "topic" => topic.to_owned(), "partition" => partition.to_string())
     }
 
     /// This histogram, labelled by `topic` and `partition`.
+    #[cfg(feature = "consumer")]
     pub(crate) fn partition_histogram(&self, topic: &str, partition: i32) -> ::metrics::Histogram {
         ::metrics::histogram!(self.name, "topic" => topic.to_owned(), "partition" => partition.to_string())
     }
