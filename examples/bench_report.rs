@@ -113,6 +113,7 @@ fn markdown(r: &Value, notes: Option<&str>, png_name: &str) -> String {
          BENCH_UNBATCHED_OPS, BENCH_BATCH_SIZE, BENCH_LATENCY_TPS, BENCH_LATENCY_SECS override the defaults)\n"
     );
 
+    let _ = writeln!(md, "In short (medians, min–max of the runs in brackets; ready to quote in the README): {}\n", summary(r));
     md.push_str("## Targets\n\n| target | median | per-round range | goal | |\n|---|---|---|---|---|\n");
     for t in r["targets"].as_array().into_iter().flatten() {
         let unit = t["unit"].as_str().unwrap_or("");
@@ -152,6 +153,52 @@ fn markdown(r: &Value, notes: Option<&str>, png_name: &str) -> String {
         md.push('\n');
     }
     md
+}
+
+/// The measurement `key`'s median with its range, in its unit: `139,000 rows/s (120,000–150,000)`.
+fn quote(r: &Value, key: &str) -> String {
+    let Some(m) = r["measurements"].as_array().into_iter().flatten().find(|m| m["key"] == key) else { return "?".into() };
+    let unit = m["unit"].as_str().unwrap_or("");
+    format!("{} {unit} ({}–{})", show(f(&m["median"]), unit), show(f(&m["min"]), unit), show(f(&m["max"]), unit))
+}
+
+/// A target's ratio of medians with its per-round range: `0.85× (0.80–0.90)`.
+fn quote_ratio(r: &Value, name_start: &str) -> String {
+    r["targets"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|t| t["name"].as_str().is_some_and(|n| n.starts_with(name_start)))
+        .map_or_else(|| "?".into(), |t| format!("{:.2}× ({:.2}–{:.2})", f(&t["value"]), f(&t["round_min"]), f(&t["round_max"])))
+}
+
+/// One paragraph of the headline medians with their spread.
+fn summary(r: &Value) -> String {
+    let mut text = format!(
+        "producer {}, {} of min(`pg_recvlogical` {}, raw rdkafka producer {}); peak RSS through one {}-row transaction {}; \
+         basic consumer {}, {} of the JSON-decoding reference {} and {} of the no-decode limit {}; \
+         idempotent consumer {} batched, {} of a plain sqlx loop, and {} one op per transaction, {} of the loop",
+        quote(r, "pgkafka_producer"),
+        quote_ratio(r, "producer /"),
+        quote(r, "pg_recvlogical"),
+        quote(r, "rdkafka_producer"),
+        show(f(&r["workload"]["rows"]), "rows/s"),
+        quote(r, "one_transaction_peak_rss"),
+        quote(r, "basic_consumer"),
+        quote_ratio(r, "basic consumer / JSON"),
+        quote(r, "rdkafka_consumer_json"),
+        quote_ratio(r, "basic consumer / no-decode"),
+        quote(r, "rdkafka_consumer_no_decode"),
+        quote(r, "idempotent_batched"),
+        quote_ratio(r, "idempotent consumer / plain loop, batched"),
+        quote(r, "idempotent_unbatched"),
+        quote_ratio(r, "idempotent consumer / plain loop, one"),
+    );
+    for tps in r["workload"]["latency_rates"].as_array().into_iter().flatten() {
+        let _ = write!(text, "; COMMIT to handler at {tps} tx/s p50 {}, p99 {}", quote(r, &format!("latency_{tps}_p50")), quote(r, &format!("latency_{tps}_p99")));
+    }
+    text.push('.');
+    text
 }
 
 type Area<'a> = DrawingArea<BitMapBackend<'a>, plotters::coord::Shift>;
