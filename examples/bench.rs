@@ -25,6 +25,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
 use std::collections::HashMap;
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -199,6 +200,33 @@ async fn create_slots(client: &tokio_postgres::Client, slots: &[String]) {
     }
 }
 
+/// The run's replication slots, dropped with `psql` when the run ends, also when a measurement
+/// panics, so no slot is left retaining WAL on the server.
+struct Slots {
+    names: Vec<String>,
+    psql: String,
+    database_url: String,
+}
+
+impl Drop for Slots {
+    fn drop(&mut self) {
+        for slot in &self.names {
+            let psql = std::process::Command::new(&self.psql)
+                .args(["-q", "-d", &self.database_url, "-v"])
+                .arg(format!("slot={slot}"))
+                .stdin(Stdio::piped())
+                .stdout(Stdio::null())
+                .spawn();
+            if let Ok(mut psql) = psql {
+                if let Some(mut stdin) = psql.stdin.take() {
+                    let _ = stdin.write_all(b"SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = :'slot';\n");
+                }
+                let _ = psql.wait();
+            }
+        }
+    }
+}
+
 async fn write_rows(client: &tokio_postgres::Client, table: &str, rows: u64, per_tx: u64) -> String {
     let mut start = 0;
     while start < rows {
@@ -259,6 +287,8 @@ async fn run_producer_binary(env: &Env, config: &Path, slot: &str, end_lsn: &str
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
+        // A failed measurement must not leave a producer streaming from the shared server.
+        .kill_on_drop(true)
         .spawn()
         .unwrap_or_else(|e| panic!("cannot run {}: {e}", env.pgkafka_bin.display()));
     let pid = child.id().unwrap();
@@ -715,7 +745,7 @@ async fn main() {
     std::fs::create_dir_all(&dir).unwrap();
     let mut results = Results::default();
     let rounds = env.repeats;
-    let mut all_slots = Vec::new();
+    let mut all_slots = Slots { names: Vec::new(), psql: format!("{}/psql", env.pg_bin), database_url: env.database_url.clone() };
 
     // The workload, read by slots made before it: per round one for pg_recvlogical and one for
     // pgkafka, which writes to a topic of its own.
@@ -726,7 +756,7 @@ async fn main() {
     let producer_slots: Vec<String> = (0..rounds).map(|r| format!("{table}_slot{r}")).collect();
     create_slots(&client, &recv_slots).await;
     create_slots(&client, &producer_slots).await;
-    all_slots.extend(recv_slots.iter().chain(&producer_slots).cloned());
+    all_slots.names.extend(recv_slots.iter().chain(&producer_slots).cloned());
     eprintln!("bench: writing {} rows in transactions of {}", env.rows, env.rows_per_tx);
     let end_lsn = write_rows(&client, &table, env.rows, env.rows_per_tx).await;
 
@@ -763,7 +793,7 @@ async fn main() {
     setup_table(&client, &big, &big_pub).await;
     let big_slots: Vec<String> = (0..rounds).map(|r| format!("{big}_slot{r}")).collect();
     create_slots(&client, &big_slots).await;
-    all_slots.extend(big_slots.iter().cloned());
+    all_slots.names.extend(big_slots.iter().cloned());
     let big_end = write_rows(&client, &big, env.rows, env.rows).await;
     for (round, slot) in big_slots.iter().enumerate() {
         let big_topic = format!("{big}_topic{round}");
@@ -805,7 +835,7 @@ async fn main() {
     // Latency from COMMIT to handle_message at steady rates of single-row transactions.
     let lat_slot = unique_name("bench_lat_slot");
     let (mut pipeline, stops, tasks) = LatencyPipeline::start(&env, &lat_slot).await;
-    all_slots.push(lat_slot);
+    all_slots.names.push(lat_slot);
     for round in 0..rounds {
         for &tps in &env.latency_rates {
             eprintln!("bench: latency round {}/{rounds} at {tps} transactions/s", round + 1);
@@ -833,10 +863,8 @@ async fn main() {
         results.at_most_target(&format!("COMMIT to handler p99 at {tps} tx/s"), &format!("latency_{tps}_p99"), "median", 50.0, "ms", "50 ms");
     }
 
-    // Clean up slots so they do not retain WAL.
-    for slot in &all_slots {
-        let _ = client.execute("SELECT pg_drop_replication_slot($1)", &[slot]).await;
-    }
+    // Drop the slots now: the exit below skips destructors.
+    drop(all_slots);
     let mut out = results.to_json();
     out["workload"] = json!({
         "rows": env.rows, "rows_per_tx": env.rows_per_tx, "partitions": env.partitions, "columns": 5,
