@@ -1,35 +1,49 @@
-//! The benchmark harness behind `scripts/bench.sh`: pgkafka against the physical limits of the
-//! same machine, on the same workload, in one run.
+//! The benchmark harness behind `scripts/bench.sh`: pgkafka against the limits of the same
+//! machine on the same workload, each measured several times, interleaved, so ratios of medians
+//! can be trusted on a noisy machine.
 //!
 //! Not a guarantee, a measurement. Run it with `scripts/bench.sh` (release build, local
-//! services); it writes `docs/benchmarks.json`, which `scripts/bench_report.py` turns into
+//! services); it writes `docs/benchmarks.json`, which the `bench_report` example turns into
 //! `docs/benchmarks.md` and `docs/benchmarks.png`.
 //!
-//! 1. PostgreSQL side: `pg_recvlogical` streaming the workload's changes (pgoutput), rows/s.
-//! 2. Kafka side: a raw rdkafka producer sending as many same-sized messages with the same
-//!    delivery settings, msgs/s.
-//! 3. The pgkafka producer (the `pgkafka` binary) from slot to acknowledged in Kafka, rows/s.
-//! 4. Peak RSS of the producer while streaming one transaction of all the rows.
-//! 5. The basic consumer with a no-op handler against a raw rdkafka consumer, msgs/s.
-//! 6. The idempotent consumer inserting one row per op, batching on and off, ops/s.
-//! 7. Latency from COMMIT to `handle_message` at a steady transaction rate, p50/p99.
+//! Every line runs `BENCH_REPEATS` times (default 3) in rounds: a round runs each limit and the
+//! pgkafka measurement it is compared with back to back, so a noisy minute hits both. The JSON
+//! holds every run, the median, min and max, and each target computed from the medians.
+//!
+//! 1. Producer: `pg_recvlogical` (PostgreSQL's limit), the pgkafka producer (the `pgkafka`
+//!    binary, slot to acknowledged in Kafka) and a raw rdkafka producer sending the same records
+//!    with the same delivery settings (Kafka's limit). Target: ≥ 0.9 × min(limits).
+//! 2. Peak RSS of the producer through one transaction of all the rows. Target: ≤ 64 MB.
+//! 3. Consumer: a raw rdkafka consumer on all partitions that decodes nothing (Kafka's limit),
+//!    a single-thread rdkafka consumer decoding each JSON value (the reference), and the basic
+//!    consumer with a no-op handler. Target: ≥ 1.0 × the reference.
+//! 4. Idempotent consumer inserting one row per op, against a plain sqlx loop doing the same
+//!    inserts in transactions of the same size over as many connections as partitions; batched
+//!    (target ≥ 0.8 ×) and one op per transaction (target ≥ 0.5 ×).
+//! 5. Latency from COMMIT to `handle_message` at 200 and 2,000 transactions/s, p50/p99. Target:
+//!    p99 ≤ 50 ms.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use pgkafka::async_trait::async_trait;
+use pgkafka::rdkafka::config::ClientConfig;
 use pgkafka::rdkafka::consumer::{BaseConsumer, Consumer as _, StreamConsumer};
+use pgkafka::rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use pgkafka::rdkafka::message::Message as _;
-use pgkafka::rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
+use pgkafka::rdkafka::producer::{BaseRecord, DeliveryResult, FutureProducer, FutureRecord, Producer as _, ProducerContext, ThreadedProducer};
+use pgkafka::rdkafka::{ClientContext, Offset, TopicPartitionList};
+use pgkafka::sqlx::postgres::PgPoolOptions;
 use pgkafka::sqlx::{Postgres, Transaction};
 use pgkafka::{BasicApplication, Consumer, ConsumerError, IdempotentApplication, ReplicationOp};
 use pgkafka_tests::{create_topic, kafka_brokers_config, pg_client, unique_name};
-use serde_json::json;
+use serde_json::{json, Value};
 
 /// The servers (the integration tests' `PGKAFKA_TEST_*` environment) and the workload's size.
 struct Env {
@@ -37,11 +51,14 @@ struct Env {
     brokers: String,
     pg_bin: String,
     pgkafka_bin: PathBuf,
+    repeats: usize,
     rows: u64,
     rows_per_tx: u64,
     partitions: i32,
     idempotent_ops: u64,
-    latency_tps: u64,
+    unbatched_ops: u64,
+    batch_size: usize,
+    latency_rates: Vec<u64>,
     latency_secs: u64,
 }
 
@@ -51,17 +68,116 @@ fn env() -> Env {
     let exe = std::env::current_exe().unwrap();
     // target/release/examples/bench -> target/release/pgkafka
     let pgkafka_bin = exe.parent().and_then(|p| p.parent()).unwrap().join("pgkafka");
+    let idempotent_ops = num("BENCH_IDEMPOTENT_OPS", 100_000);
+    let latency_rates = std::env::var("BENCH_LATENCY_TPS")
+        .ok()
+        .map(|v| v.split(',').filter_map(|r| r.trim().parse().ok()).collect::<Vec<u64>>())
+        .filter(|rates| !rates.is_empty())
+        .unwrap_or_else(|| vec![200, 2_000]);
     Env {
         database_url: servers.database_url.clone(),
         brokers: servers.brokers.clone(),
         pg_bin: servers.pg_bin.clone().expect("PGKAFKA_TEST_PG_BIN is not set; run scripts/bench.sh"),
         pgkafka_bin,
+        repeats: num("BENCH_REPEATS", 3).max(1) as usize,
         rows: num("BENCH_ROWS", 1_000_000),
         rows_per_tx: num("BENCH_ROWS_PER_TX", 1_000),
         partitions: num("BENCH_PARTITIONS", 3) as i32,
-        idempotent_ops: num("BENCH_IDEMPOTENT_OPS", 100_000),
-        latency_tps: num("BENCH_LATENCY_TPS", 200),
-        latency_secs: num("BENCH_LATENCY_SECS", 15),
+        idempotent_ops,
+        unbatched_ops: num("BENCH_UNBATCHED_OPS", idempotent_ops / 5).min(idempotent_ops),
+        batch_size: num("BENCH_BATCH_SIZE", 100) as usize,
+        latency_rates,
+        latency_secs: num("BENCH_LATENCY_SECS", 10),
+    }
+}
+
+/// One line of the results: every run's value, in round order.
+struct Series {
+    key: String,
+    label: String,
+    unit: &'static str,
+    /// `limit` (what the machine can do), `reference` (a second yardstick) or `pgkafka`.
+    role: &'static str,
+    runs: Vec<f64>,
+}
+
+/// The median of the values (the mean of the middle two for an even count).
+fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let mid = sorted.len() / 2;
+    if sorted.is_empty() {
+        f64::NAN
+    } else if sorted.len().is_multiple_of(2) {
+        (sorted[mid - 1] + sorted[mid]) / 2.0
+    } else {
+        sorted[mid]
+    }
+}
+
+fn min_max(values: &[f64]) -> (f64, f64) {
+    values.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| (lo.min(*v), hi.max(*v)))
+}
+
+#[derive(Default)]
+struct Results {
+    series: Vec<Series>,
+    targets: Vec<Value>,
+}
+
+impl Results {
+    fn add(&mut self, key: &str, label: impl Into<String>, unit: &'static str, role: &'static str, value: f64) {
+        eprintln!("bench:   {key} = {value:.1} {unit}");
+        match self.series.iter_mut().find(|s| s.key == key) {
+            Some(series) => series.runs.push(value),
+            None => self.series.push(Series { key: key.to_owned(), label: label.into(), unit, role, runs: vec![value] }),
+        }
+    }
+
+    fn runs(&self, key: &str) -> &[f64] {
+        &self.series.iter().find(|s| s.key == key).unwrap_or_else(|| panic!("no series {key}")).runs
+    }
+
+    fn median(&self, key: &str) -> f64 {
+        median(self.runs(key))
+    }
+
+    /// A ratio target: `numerator` over the smallest of the `limits` medians, with the range of
+    /// the per-round ratios (round i's pgkafka run over round i's limits) as its spread.
+    fn ratio_target(&mut self, name: &str, numerator: &str, limits: &[&str], goal: Option<f64>) {
+        let value = self.median(numerator) / limits.iter().map(|l| self.median(l)).fold(f64::INFINITY, f64::min);
+        let per_round: Vec<f64> = (0..self.runs(numerator).len())
+            .map(|i| self.runs(numerator)[i] / limits.iter().map(|l| self.runs(l)[i]).fold(f64::INFINITY, f64::min))
+            .collect();
+        let (lo, hi) = min_max(&per_round);
+        self.targets.push(json!({
+            "name": name, "kind": "ratio", "value": value, "round_min": lo, "round_max": hi,
+            "goal": goal.map(|g| format!(">= {g:.1}")), "met": goal.map(|g| value >= g),
+        }));
+    }
+
+    /// An upper bound on a measurement's `statistic` (`median` or `max` of its runs).
+    fn at_most_target(&mut self, name: &str, key: &str, statistic: &str, bound: f64, unit: &str, goal: &str) {
+        let runs = self.runs(key);
+        let (lo, hi) = min_max(runs);
+        let value = if statistic == "max" { hi } else { median(runs) };
+        self.targets.push(json!({
+            "name": name, "kind": "at_most", "value": value, "round_min": lo, "round_max": hi, "unit": unit,
+            "goal": format!("<= {goal} ({statistic})"), "met": value <= bound,
+        }));
+    }
+
+    fn to_json(&self) -> Value {
+        let series: Vec<Value> = self
+            .series
+            .iter()
+            .map(|s| {
+                let (lo, hi) = min_max(&s.runs);
+                json!({ "key": s.key, "label": s.label, "unit": s.unit, "role": s.role, "runs": s.runs,
+                        "median": median(&s.runs), "min": lo, "max": hi })
+            })
+            .collect();
+        json!({ "measurements": series, "targets": self.targets })
     }
 }
 
@@ -76,6 +192,39 @@ async fn setup_table(client: &tokio_postgres::Client, table: &str, publication: 
         ))
         .await
         .unwrap();
+}
+
+async fn create_slots(client: &tokio_postgres::Client, slots: &[String]) {
+    for slot in slots {
+        client.execute("SELECT pg_create_logical_replication_slot($1, 'pgoutput')", &[slot]).await.unwrap();
+    }
+}
+
+/// The run's replication slots, dropped with `psql` when the run ends, also when a measurement
+/// panics, so no slot is left retaining WAL on the server.
+struct Slots {
+    names: Vec<String>,
+    psql: String,
+    database_url: String,
+}
+
+impl Drop for Slots {
+    fn drop(&mut self) {
+        for slot in &self.names {
+            let psql = std::process::Command::new(&self.psql)
+                .args(["-q", "-d", &self.database_url, "-v"])
+                .arg(format!("slot={slot}"))
+                .stdin(Stdio::piped())
+                .stdout(Stdio::null())
+                .spawn();
+            if let Ok(mut psql) = psql {
+                if let Some(mut stdin) = psql.stdin.take() {
+                    let _ = stdin.write_all(b"SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = :'slot';\n");
+                }
+                let _ = psql.wait();
+            }
+        }
+    }
 }
 
 async fn write_rows(client: &tokio_postgres::Client, table: &str, rows: u64, per_tx: u64) -> String {
@@ -95,7 +244,19 @@ async fn write_rows(client: &tokio_postgres::Client, table: &str, rows: u64, per
     client.query_one("SELECT pg_current_wal_lsn()::text", &[]).await.unwrap().get(0)
 }
 
-fn write_producer_config(env: &Env, dir: &std::path::Path, slot: &str, publication: &str, table: &str, topic: &str) -> PathBuf {
+/// PostgreSQL's limit: `pg_recvlogical` streaming the slot to /dev/null up to `end_lsn`, rows/s.
+fn pg_recvlogical(env: &Env, slot: &str, publication: &str, end_lsn: &str, rows: u64) -> f64 {
+    let started = Instant::now();
+    let status = std::process::Command::new(format!("{}/pg_recvlogical", env.pg_bin))
+        .args(["-d", &env.database_url, "--slot", slot, "--start", "--endpos", end_lsn, "-f", "/dev/null"])
+        .args(["-o", "proto_version=1", "-o", &format!("publication_names={publication}")])
+        .status()
+        .unwrap();
+    assert!(status.success(), "pg_recvlogical failed");
+    rows as f64 / started.elapsed().as_secs_f64()
+}
+
+fn write_producer_config(env: &Env, dir: &Path, slot: &str, publication: &str, table: &str, topic: &str) -> PathBuf {
     let path = dir.join(format!("{slot}.json"));
     let config = json!({
         "connection_string": env.database_url,
@@ -116,8 +277,9 @@ fn peak_rss_kib(pid: u32) -> Option<u64> {
 
 /// Runs the `pgkafka` binary until the slot's confirmed position reaches `end_lsn` (which only
 /// happens once Kafka acknowledged every record before it); returns (seconds from start, peak
-/// RSS in KiB). The producer reports its position every 50 ms here.
-async fn run_producer_binary(env: &Env, config: &PathBuf, slot: &str, end_lsn: &str) -> (f64, u64) {
+/// RSS in MiB). The producer reports its position every 50 ms here. With `BENCH_PERF_DIR` set,
+/// the run is recorded by `perf record -g` into that folder.
+async fn run_producer_binary(env: &Env, config: &Path, slot: &str, end_lsn: &str) -> (f64, f64) {
     let client = pg_client().await;
     let mut child = tokio::process::Command::new(&env.pgkafka_bin)
         .arg("--config")
@@ -125,9 +287,12 @@ async fn run_producer_binary(env: &Env, config: &PathBuf, slot: &str, end_lsn: &
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
+        // A failed measurement must not leave a producer streaming from the shared server.
+        .kill_on_drop(true)
         .spawn()
         .unwrap_or_else(|e| panic!("cannot run {}: {e}", env.pgkafka_bin.display()));
     let pid = child.id().unwrap();
+    let perf = perf_record(pid, slot);
     let started = Instant::now();
     let mut peak = 0;
     loop {
@@ -148,51 +313,201 @@ async fn run_producer_binary(env: &Env, config: &PathBuf, slot: &str, end_lsn: &
     }
     let elapsed = started.elapsed().as_secs_f64();
     peak = peak.max(peak_rss_kib(pid).unwrap_or(0));
+    stop_perf(perf);
     // SIGTERM: graceful shutdown confirms what was delivered.
     let _ = std::process::Command::new("kill").arg("-TERM").arg(pid.to_string()).status();
     let _ = tokio::time::timeout(Duration::from_secs(30), child.wait()).await;
-    (elapsed, peak)
+    (elapsed, peak as f64 / 1024.0)
 }
 
+/// `perf record -g` attached to `pid` when `BENCH_PERF_DIR` names a folder; the profile of a
+/// measurement whose target is missed is where its bound shows.
+fn perf_record(pid: u32, name: &str) -> Option<std::process::Child> {
+    let dir = std::env::var("BENCH_PERF_DIR").ok()?;
+    std::process::Command::new("perf")
+        .args(["record", "-g", "-q", "-o"])
+        .arg(Path::new(&dir).join(format!("{name}.perf.data")))
+        .args(["-p", &pid.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .ok()
+}
+
+fn stop_perf(perf: Option<std::process::Child>) {
+    if let Some(mut perf) = perf {
+        let _ = std::process::Command::new("kill").arg("-INT").arg(perf.id().to_string()).status();
+        let _ = perf.wait();
+    }
+}
+
+/// Counts delivery reports of the raw producer.
+#[derive(Default)]
+struct Acks {
+    acked: AtomicU64,
+    failed: AtomicU64,
+}
+
+impl ClientContext for Acks {}
+
+impl ProducerContext for Acks {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        let counter = if result.is_ok() { &self.acked } else { &self.failed };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Kafka's producer limit: `rows` records cycling through `sample` (the pgkafka producer's own
+/// keys and values), with the settings pgkafka pins, as fast as librdkafka takes them; msgs/s
+/// from the first send to the last acknowledgement.
+fn raw_producer(topic: &str, sample: &[(Vec<u8>, Vec<u8>)], rows: u64) -> f64 {
+    let producer: ThreadedProducer<Acks> = kafka_brokers_config()
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("enable.gapless.guarantee", "true")
+        .set("message.timeout.ms", "0")
+        .set("partitioner", "consistent_random")
+        .set("linger.ms", "5")
+        // Quiet: librdkafka warns that enable.gapless.guarantee is experimental.
+        .set("log_level", "3")
+        .create_with_context(Acks::default())
+        .unwrap();
+    let started = Instant::now();
+    for i in 0..rows as usize {
+        let (key, value) = &sample[i % sample.len()];
+        let mut record = BaseRecord::to(topic).key(key).payload(value);
+        loop {
+            match producer.send(record) {
+                Ok(()) => break,
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                    record = back;
+                    std::thread::sleep(Duration::from_micros(500));
+                }
+                Err((e, _)) => panic!("raw producer: {e}"),
+            }
+        }
+    }
+    producer.flush(Duration::from_secs(600)).unwrap();
+    let elapsed = started.elapsed().as_secs_f64();
+    assert_eq!(producer.context().failed.load(Ordering::Relaxed), 0, "the raw producer lost records");
+    assert_eq!(producer.context().acked.load(Ordering::Relaxed), rows);
+    rows as f64 / elapsed
+}
+
+/// The first 1,000 records of partition 0 of `topic`: (key, value).
+fn read_sample(topic: &str) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let reader: BaseConsumer = kafka_brokers_config().set("group.id", unique_name("bench_sample")).create().unwrap();
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, 0, Offset::Beginning).unwrap();
+    reader.assign(&tpl).unwrap();
+    let mut sample = Vec::new();
+    while sample.len() < 1000 {
+        if let Some(Ok(m)) = reader.poll(Duration::from_secs(5)) {
+            sample.push((m.key().unwrap_or_default().to_vec(), m.payload().unwrap_or_default().to_vec()));
+        }
+    }
+    sample
+}
+
+fn consumer_config(group: &str) -> ClientConfig {
+    let mut config = kafka_brokers_config();
+    config
+        .set("group.id", group)
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .set("session.timeout.ms", "6000")
+        .set("heartbeat.interval.ms", "500");
+    config
+}
+
+/// Kafka's consumer limit: one rdkafka consumer assigned every partition from the start, reading
+/// `rows` values without decoding them; msgs/s from the first message to the last.
+fn raw_consumer_no_decode(topic: &str, partitions: i32, rows: u64) -> f64 {
+    let consumer: BaseConsumer = consumer_config(&unique_name("bench_nodecode")).create().unwrap();
+    let mut tpl = TopicPartitionList::new();
+    for partition in 0..partitions {
+        tpl.add_partition_offset(topic, partition, Offset::Beginning).unwrap();
+    }
+    consumer.assign(&tpl).unwrap();
+    let (mut count, mut bytes, mut first) = (0u64, 0usize, None);
+    let mut last = Instant::now();
+    while count < rows {
+        if let Some(m) = consumer.poll(Duration::from_secs(5)) {
+            bytes += m.unwrap().payload().map_or(0, <[u8]>::len);
+            first.get_or_insert_with(Instant::now);
+            count += 1;
+            last = Instant::now();
+        }
+    }
+    assert!(bytes > 0);
+    count as f64 / (last - first.unwrap()).as_secs_f64()
+}
+
+/// The reference the basic consumer is held to: a single-thread subscribed rdkafka consumer
+/// that decodes every value into a `ReplicationOp`; msgs/s from the first message to the last.
+async fn raw_consumer_json(topic: &str, rows: u64) -> f64 {
+    let consumer: StreamConsumer = consumer_config(&unique_name("bench_json")).create().unwrap();
+    consumer.subscribe(&[topic]).unwrap();
+    let (mut count, mut first) = (0u64, None);
+    let mut last = Instant::now();
+    while count < rows {
+        let m = consumer.recv().await.unwrap();
+        let _op: ReplicationOp = serde_json::from_slice(m.payload().unwrap_or_default()).unwrap();
+        first.get_or_insert_with(Instant::now);
+        count += 1;
+        last = Instant::now();
+    }
+    count as f64 / (last - first.unwrap()).as_secs_f64()
+}
+
+/// What a handler saw: how many ops, when the first and last came, and (for latency runs) how
+/// long after their COMMIT.
 struct Counting {
+    base: Instant,
     seen: AtomicU64,
-    first: Mutex<Option<Instant>>,
-    last: Mutex<Option<Instant>>,
-    latencies_ms: Mutex<Vec<i64>>,
+    first_ns: AtomicU64,
+    last_ns: AtomicU64,
+    latencies_us: Mutex<Vec<i64>>,
     measure_latency: bool,
 }
 
 impl Counting {
     fn new(measure_latency: bool) -> Arc<Self> {
         Arc::new(Self {
+            base: Instant::now(),
             seen: AtomicU64::new(0),
-            first: Mutex::new(None),
-            last: Mutex::new(None),
-            latencies_ms: Mutex::new(Vec::new()),
+            first_ns: AtomicU64::new(u64::MAX),
+            last_ns: AtomicU64::new(0),
+            latencies_us: Mutex::new(Vec::new()),
             measure_latency,
         })
     }
 
     fn record(&self, op: &ReplicationOp) {
-        let now = Instant::now();
-        self.first.lock().unwrap().get_or_insert(now);
-        *self.last.lock().unwrap() = Some(now);
+        let now = self.base.elapsed().as_nanos() as u64;
+        self.first_ns.fetch_min(now, Ordering::Relaxed);
+        self.last_ns.fetch_max(now, Ordering::Relaxed);
         self.seen.fetch_add(1, Ordering::Relaxed);
         if self.measure_latency {
             // The row carries its commit time's clock (clock_timestamp() in the inserting
-            // transaction, a few microseconds before COMMIT).
+            // statement, a few microseconds before COMMIT).
             if let Some(Some(micros)) = op.value(op.op.key_row(), "created_us") {
                 let created: i64 = micros.parse().unwrap_or(0);
                 let now_us = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_micros() as i64;
-                self.latencies_ms.lock().unwrap().push((now_us - created) / 1000);
+                self.latencies_us.lock().unwrap().push(now_us - created);
             }
         }
     }
 
+    fn seen(&self) -> u64 {
+        self.seen.load(Ordering::Relaxed)
+    }
+
     fn rate(&self) -> f64 {
-        let first = self.first.lock().unwrap().unwrap();
-        let last = self.last.lock().unwrap().unwrap();
-        self.seen.load(Ordering::Relaxed) as f64 / (last - first).as_secs_f64().max(1e-9)
+        let span_ns = self.last_ns.load(Ordering::Relaxed).saturating_sub(self.first_ns.load(Ordering::Relaxed));
+        self.seen() as f64 / (span_ns as f64 / 1e9).max(1e-9)
     }
 }
 
@@ -206,28 +521,73 @@ impl BasicApplication for NoopApp {
     }
 }
 
+/// The statement both the idempotent consumer's handler and the plain loop run per op.
+fn sink_insert(sink: &str) -> String {
+    format!("INSERT INTO {sink} (lsn, seq_id) VALUES ($1, $2)")
+}
+
+async fn create_sink(client: &tokio_postgres::Client) -> String {
+    let sink = unique_name("bench_sink");
+    client.batch_execute(&format!("CREATE TABLE {sink} (lsn bigint, seq_id bigint)")).await.unwrap();
+    sink
+}
+
+/// The position the feeder gives op number `i`: 1,000 ops per LSN.
+fn op_position(i: u64) -> (i64, i64) {
+    ((1 + i / 1000) as i64, (i % 1000) as i64)
+}
+
 struct InsertApp {
-    table: String,
+    insert: String,
     counting: Arc<Counting>,
 }
 
 #[async_trait]
 impl IdempotentApplication for InsertApp {
     async fn handle_message(&self, tx: &mut Transaction<'_, Postgres>, op: &ReplicationOp) -> Result<(), ConsumerError> {
-        pgkafka::sqlx::query(&format!("INSERT INTO {} (lsn, seq_id) VALUES ($1, $2)", self.table))
-            .bind(op.lsn as i64)
-            .bind(op.seq_id as i64)
-            .execute(&mut **tx)
-            .await?;
+        pgkafka::sqlx::query(&self.insert).bind(op.lsn as i64).bind(op.seq_id as i64).execute(&mut **tx).await?;
         self.counting.record(op);
         Ok(())
     }
 }
 
+/// The idempotent consumer's baseline: the same `ops` inserts by a plain sqlx loop, in
+/// transactions of `per_tx`, one worker and connection per partition (as many as the consumer
+/// keeps busy); ops/s over the whole run.
+async fn plain_loop(env: &Env, client: &tokio_postgres::Client, ops: u64, per_tx: usize) -> f64 {
+    let sink = create_sink(client).await;
+    let workers = env.partitions.max(1) as u64;
+    let pool = PgPoolOptions::new().max_connections(workers as u32).min_connections(workers as u32).connect(&env.database_url).await.unwrap();
+    let insert = Arc::new(sink_insert(&sink));
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..workers)
+        .map(|w| {
+            let (pool, insert) = (pool.clone(), Arc::clone(&insert));
+            tokio::spawn(async move {
+                let mine: Vec<u64> = (w..ops).step_by(workers as usize).collect();
+                for chunk in mine.chunks(per_tx) {
+                    let mut tx = pool.begin().await.unwrap();
+                    for &i in chunk {
+                        let (lsn, seq_id) = op_position(i);
+                        pgkafka::sqlx::query(&insert).bind(lsn).bind(seq_id).execute(&mut *tx).await.unwrap();
+                    }
+                    tx.commit().await.unwrap();
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let rate = ops as f64 / started.elapsed().as_secs_f64();
+    pool.close().await;
+    rate
+}
+
 async fn wait_count(counting: &Counting, expected: u64, limit: Duration) {
     let started = Instant::now();
-    while counting.seen.load(Ordering::Relaxed) < expected {
-        assert!(started.elapsed() < limit, "only {} of {expected} ops arrived", counting.seen.load(Ordering::Relaxed));
+    while counting.seen() < expected {
+        assert!(started.elapsed() < limit, "only {} of {expected} ops arrived", counting.seen());
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -239,251 +599,282 @@ fn consumer_options<A>(consumer: Consumer<A>) -> Consumer<A> {
         .kafka_option("auto.offset.reset", "earliest")
 }
 
+async fn basic_consumer(env: &Env, topic: &str, rows: u64) -> f64 {
+    let counting = Counting::new(false);
+    let consumer = consumer_options(Consumer::new(unique_name("bench_basic"), vec![topic.to_owned()], env.brokers.clone(), NoopApp(Arc::clone(&counting))));
+    let stop = consumer.shutdown_handle();
+    let task = tokio::spawn(consumer.start_basic());
+    wait_count(&counting, rows, Duration::from_secs(900)).await;
+    stop.shutdown();
+    let _ = task.await;
+    counting.rate()
+}
+
+/// The idempotent consumer on `topic` until it applied `ops`, `batch_size` ops per transaction
+/// at most; ops/s from the first handler call to the last.
+async fn idempotent_consumer(env: &Env, client: &tokio_postgres::Client, topic: &str, ops: u64, batch_size: usize) -> f64 {
+    let sink = create_sink(client).await;
+    let counting = Counting::new(false);
+    let app = InsertApp { insert: sink_insert(&sink), counting: Arc::clone(&counting) };
+    let consumer = consumer_options(Consumer::new(unique_name("bench_idem"), vec![topic.to_owned()], env.brokers.clone(), app))
+        .state_table(format!("{sink}_state"))
+        .batch_size(batch_size);
+    let url = env.database_url.clone();
+    let stop = consumer.shutdown_handle();
+    let task = tokio::spawn(async move { consumer.start_idempotent(&url).await });
+    wait_count(&counting, ops, Duration::from_secs(900)).await;
+    stop.shutdown();
+    let _ = task.await;
+    counting.rate()
+}
+
+/// Writes `ops` ops to a new topic: the sample's values with positions 1,000 ops per LSN.
+async fn feed_ops(env: &Env, sample: &[(Vec<u8>, Vec<u8>)], ops: u64) -> String {
+    let topic = unique_name("bench_ops");
+    create_topic(&topic, env.partitions).await;
+    let feeder: FutureProducer = kafka_brokers_config().set("linger.ms", "5").create().unwrap();
+    for i in 0..ops {
+        let (key, value) = &sample[(i as usize) % sample.len()];
+        let mut op: ReplicationOp = serde_json::from_slice(value).unwrap();
+        let (lsn, seq_id) = op_position(i);
+        (op.lsn, op.seq_id) = (lsn as u64, seq_id as u64);
+        let value = serde_json::to_vec(&op).unwrap();
+        loop {
+            match feeder.send_result(FutureRecord::to(&topic).key(key).payload(&value)) {
+                Ok(_) => break,
+                Err(_) => tokio::time::sleep(Duration::from_millis(1)).await,
+            }
+        }
+    }
+    feeder.flush(Duration::from_secs(60)).unwrap();
+    topic
+}
+
+/// A running producer and basic consumer on a small table, for COMMIT → handler latency.
+struct LatencyPipeline {
+    client: Arc<tokio_postgres::Client>,
+    insert: tokio_postgres::Statement,
+    counting: Arc<Counting>,
+    next_id: i64,
+}
+
+impl LatencyPipeline {
+    async fn start(env: &Env, slot: &str) -> (Self, Vec<Box<dyn FnOnce() + Send>>, Vec<tokio::task::JoinHandle<()>>) {
+        let client = Arc::new(pg_client().await);
+        let lat = unique_name("bench_lat");
+        let (lat_pub, lat_topic) = (format!("{lat}_pub"), format!("{lat}_topic"));
+        client
+            .batch_execute(&format!(
+                "CREATE TABLE {lat} (id bigint PRIMARY KEY, organization_id int NOT NULL, created_us bigint NOT NULL);
+                 ALTER TABLE {lat} REPLICA IDENTITY FULL; CREATE PUBLICATION {lat_pub} FOR TABLE {lat};"
+            ))
+            .await
+            .unwrap();
+        create_topic(&lat_topic, env.partitions).await;
+        let mut topic_map = HashMap::new();
+        topic_map.insert(lat.clone(), pgkafka::TopicInfo::new(&lat_topic, ["organization_id"]));
+        // The producer's defaults (linger.ms=5): with linger.ms=0 librdkafka's broker thread
+        // wakes for every record and, at 2,000 tx/s on 2 shared cores, its CPU is what the p99 waits on.
+        let producer = pgkafka::Producer::builder(env.database_url.clone(), env.brokers.clone(), slot.to_owned(), lat_pub, topic_map).build();
+        let stop_producer = producer.shutdown_handle();
+        let producer_task = tokio::spawn(async move {
+            let _ = producer.start().await;
+        });
+        let counting = Counting::new(true);
+        let consumer = consumer_options(Consumer::new(unique_name("bench_lat"), vec![lat_topic], env.brokers.clone(), NoopApp(Arc::clone(&counting))))
+            .kafka_option("fetch.wait.max.ms", "5");
+        let stop_consumer = consumer.shutdown_handle();
+        let consumer_task = tokio::spawn(async move {
+            let _ = consumer.start_basic().await;
+        });
+        let insert = client
+            .prepare(&format!("INSERT INTO {lat} VALUES ($1, $2, (extract(epoch from clock_timestamp()) * 1000000)::bigint)"))
+            .await
+            .unwrap();
+        let mut pipeline = Self { client, insert, counting, next_id: 0 };
+        // Warm up until the group has joined and the producer streams.
+        while pipeline.counting.seen() == 0 {
+            pipeline.insert_one().await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let stops: Vec<Box<dyn FnOnce() + Send>> = vec![Box::new(move || stop_producer.shutdown()), Box::new(move || stop_consumer.shutdown())];
+        (pipeline, stops, vec![producer_task, consumer_task])
+    }
+
+    async fn insert_one(&mut self) {
+        self.next_id += 1;
+        let id = self.next_id;
+        self.client.execute(&self.insert, &[&id, &((id % 7) as i32)]).await.unwrap();
+    }
+
+    /// `tps` single-row transactions a second for `secs` (pipelined on one connection, so the
+    /// writer keeps the pace); returns (p50, p99, max) in ms and the rate achieved.
+    async fn run(&mut self, tps: u64, secs: u64) -> (f64, f64, f64, f64) {
+        self.counting.latencies_us.lock().unwrap().clear();
+        let before = self.counting.seen();
+        let total = tps * secs;
+        let mut ticker = tokio::time::interval(Duration::from_nanos(1_000_000_000 / tps.max(1)));
+        let started = Instant::now();
+        let mut writes = Vec::with_capacity(total as usize);
+        for _ in 0..total {
+            ticker.tick().await;
+            self.next_id += 1;
+            let (client, insert, id) = (Arc::clone(&self.client), self.insert.clone(), self.next_id);
+            writes.push(tokio::spawn(async move {
+                client.execute(&insert, &[&id, &((id % 7) as i32)]).await.unwrap();
+            }));
+        }
+        for write in writes {
+            write.await.unwrap();
+        }
+        let achieved = total as f64 / started.elapsed().as_secs_f64();
+        wait_count(&self.counting, before + total, Duration::from_secs(120)).await;
+        let mut latencies = self.counting.latencies_us.lock().unwrap().clone();
+        latencies.sort_unstable();
+        let pct = |p: f64| latencies[((latencies.len() as f64 - 1.0) * p).round() as usize] as f64 / 1000.0;
+        (pct(0.50), pct(0.99), latencies.last().map_or(f64::NAN, |&m| m as f64 / 1000.0), achieved)
+    }
+}
+
 #[tokio::main]
 async fn main() {
     let env = env();
     let client = pg_client().await;
     let dir = std::env::temp_dir().join(unique_name("pgkafka_bench"));
     std::fs::create_dir_all(&dir).unwrap();
-    let mut results = serde_json::Map::new();
-    results.insert(
-        "workload".into(),
-        json!({ "rows": env.rows, "rows_per_tx": env.rows_per_tx, "partitions": env.partitions, "columns": 5,
-                "idempotent_ops": env.idempotent_ops, "latency_secs": env.latency_secs }),
-    );
+    let mut results = Results::default();
+    let rounds = env.repeats;
+    let mut all_slots = Slots { names: Vec::new(), psql: format!("{}/psql", env.pg_bin), database_url: env.database_url.clone() };
 
-    // The workload, read by two slots made before it: one for pg_recvlogical, one for pgkafka.
+    // The workload, read by slots made before it: per round one for pg_recvlogical and one for
+    // pgkafka, which writes to a topic of its own.
     let table = unique_name("bench");
     let publication = format!("{table}_pub");
-    let topic = format!("{table}_topic");
-    let (recv_slot, producer_slot) = (format!("{table}_recv"), format!("{table}_slot"));
     setup_table(&client, &table, &publication).await;
-    for slot in [&recv_slot, &producer_slot] {
-        client.execute("SELECT pg_create_logical_replication_slot($1, 'pgoutput')", &[slot]).await.unwrap();
-    }
-    create_topic(&topic, env.partitions).await;
+    let recv_slots: Vec<String> = (0..rounds).map(|r| format!("{table}_recv{r}")).collect();
+    let producer_slots: Vec<String> = (0..rounds).map(|r| format!("{table}_slot{r}")).collect();
+    create_slots(&client, &recv_slots).await;
+    create_slots(&client, &producer_slots).await;
+    all_slots.names.extend(recv_slots.iter().chain(&producer_slots).cloned());
     eprintln!("bench: writing {} rows in transactions of {}", env.rows, env.rows_per_tx);
     let end_lsn = write_rows(&client, &table, env.rows, env.rows_per_tx).await;
 
-    // 1. PostgreSQL's own limit.
-    eprintln!("bench: pg_recvlogical");
-    let started = Instant::now();
-    let status = std::process::Command::new(format!("{}/pg_recvlogical", env.pg_bin))
-        .args(["-d", &env.database_url, "--slot", &recv_slot, "--start", "--endpos", &end_lsn, "-f", "/dev/null"])
-        .args(["-o", "proto_version=1", "-o", &format!("publication_names={publication}")])
-        .status()
-        .unwrap();
-    assert!(status.success(), "pg_recvlogical failed");
-    let recv_rate = env.rows as f64 / started.elapsed().as_secs_f64();
-    results.insert("pg_recvlogical_rows_per_sec".into(), json!(recv_rate));
+    let mut sample = Vec::new();
+    let mut first_topic = String::new();
+    for round in 0..rounds {
+        eprintln!("bench: producer round {}/{rounds}", round + 1);
+        let rate = pg_recvlogical(&env, &recv_slots[round], &publication, &end_lsn, env.rows);
+        results.add("pg_recvlogical", "PostgreSQL limit: pg_recvlogical (pgoutput)", "rows/s", "limit", rate);
 
-    // 3. The pgkafka producer, slot to acknowledged in Kafka.
-    eprintln!("bench: pgkafka producer");
-    let config = write_producer_config(&env, &dir, &producer_slot, &publication, &table, &topic);
-    let (secs, rss) = run_producer_binary(&env, &config, &producer_slot, &end_lsn).await;
-    let producer_rate = env.rows as f64 / secs;
-    results.insert("pgkafka_producer_rows_per_sec".into(), json!(producer_rate));
-    results.insert("pgkafka_producer_peak_rss_mib_batched".into(), json!(rss as f64 / 1024.0));
-
-    // 2. Kafka's own limit: the same number of messages of the same size and keys, same settings.
-    eprintln!("bench: raw rdkafka producer");
-    let sample: Vec<(Vec<u8>, Vec<u8>)> = {
-        let reader: BaseConsumer = kafka_brokers_config().set("group.id", unique_name("bench_sample")).create().unwrap();
-        let mut tpl = pgkafka::rdkafka::TopicPartitionList::new();
-        tpl.add_partition_offset(&topic, 0, pgkafka::rdkafka::Offset::Beginning).unwrap();
-        reader.assign(&tpl).unwrap();
-        let mut sample = Vec::new();
-        while sample.len() < 1000 {
-            if let Some(Ok(m)) = reader.poll(Duration::from_secs(5)) {
-                sample.push((m.key().unwrap_or_default().to_vec(), m.payload().unwrap_or_default().to_vec()));
-            }
+        let topic = format!("{table}_topic{round}");
+        create_topic(&topic, env.partitions).await;
+        let config = write_producer_config(&env, &dir, &producer_slots[round], &publication, &table, &topic);
+        let (secs, rss) = run_producer_binary(&env, &config, &producer_slots[round], &end_lsn).await;
+        results.add("pgkafka_producer", "pgkafka producer, slot to acknowledged in Kafka", "rows/s", "pgkafka", env.rows as f64 / secs);
+        results.add("producer_peak_rss", format!("pgkafka producer peak RSS, transactions of {}", env.rows_per_tx), "MiB", "pgkafka", rss);
+        if round == 0 {
+            sample = read_sample(&topic);
+            first_topic = topic;
         }
-        sample
-    };
-    let avg_bytes = sample.iter().map(|(_, v)| v.len()).sum::<usize>() as f64 / sample.len() as f64;
-    results.insert("record_value_bytes_avg".into(), json!(avg_bytes));
-    let raw_topic = format!("{table}_raw");
-    create_topic(&raw_topic, env.partitions).await;
-    let raw: FutureProducer = kafka_brokers_config()
-        .set("enable.idempotence", "true")
-        .set("acks", "all")
-        .set("linger.ms", "5")
-        .set("message.timeout.ms", "0")
-        .create()
-        .unwrap();
-    let started = Instant::now();
-    let window = Arc::new(tokio::sync::Semaphore::new(10_000));
-    let mut handles = Vec::with_capacity(env.rows as usize);
-    for i in 0..env.rows as usize {
-        let (key, value) = &sample[i % sample.len()];
-        let permit = Arc::clone(&window).acquire_owned().await.unwrap();
-        let future = raw.send_result(FutureRecord::to(&raw_topic).key(key).payload(value)).map_err(|(e, _)| e).unwrap();
-        handles.push(tokio::spawn(async move {
-            let result = future.await;
-            drop(permit);
-            result
-        }));
-    }
-    for handle in handles {
-        handle.await.unwrap().unwrap().unwrap();
-    }
-    let raw_rate = env.rows as f64 / started.elapsed().as_secs_f64();
-    results.insert("rdkafka_producer_msgs_per_sec".into(), json!(raw_rate));
-    drop(raw);
 
-    // 4. Peak RSS while streaming ONE transaction of all the rows.
+        let raw_topic = format!("{table}_raw{round}");
+        create_topic(&raw_topic, env.partitions).await;
+        let (raw_sample, rows) = (sample.clone(), env.rows);
+        let rate = tokio::task::spawn_blocking(move || raw_producer(&raw_topic, &raw_sample, rows)).await.unwrap();
+        results.add("rdkafka_producer", "Kafka limit: raw rdkafka producer, same records and pinned settings", "msgs/s", "limit", rate);
+    }
+    let avg_bytes = sample.iter().map(|(_, v)| v.len()).sum::<usize>() as f64 / sample.len() as f64;
+
+    // Peak RSS while streaming ONE transaction of all the rows.
     eprintln!("bench: one transaction of {} rows", env.rows);
     let big = format!("{table}_big");
     let big_pub = format!("{big}_pub");
-    let big_topic = format!("{big}_topic");
-    let big_slot = format!("{big}_slot");
     setup_table(&client, &big, &big_pub).await;
-    create_topic(&big_topic, env.partitions).await;
-    client.execute("SELECT pg_create_logical_replication_slot($1, 'pgoutput')", &[&big_slot]).await.unwrap();
+    let big_slots: Vec<String> = (0..rounds).map(|r| format!("{big}_slot{r}")).collect();
+    create_slots(&client, &big_slots).await;
+    all_slots.names.extend(big_slots.iter().cloned());
     let big_end = write_rows(&client, &big, env.rows, env.rows).await;
-    let big_config = write_producer_config(&env, &dir, &big_slot, &big_pub, &big, &big_topic);
-    let (big_secs, big_rss) = run_producer_binary(&env, &big_config, &big_slot, &big_end).await;
-    results.insert("one_transaction_rows_per_sec".into(), json!(env.rows as f64 / big_secs));
-    results.insert("one_transaction_peak_rss_mib".into(), json!(big_rss as f64 / 1024.0));
-
-    // 5. Basic consumer, no-op handler, against a raw rdkafka consumer on the same topic.
-    eprintln!("bench: raw rdkafka consumer");
-    let raw_consumer: StreamConsumer = kafka_brokers_config()
-        .set("group.id", unique_name("bench_raw"))
-        .set("auto.offset.reset", "earliest")
-        .set("enable.auto.commit", "false")
-        .set("session.timeout.ms", "6000")
-        .set("heartbeat.interval.ms", "500")
-        .create()
-        .unwrap();
-    raw_consumer.subscribe(&[&topic]).unwrap();
-    let mut first = None;
-    let mut count = 0u64;
-    let mut last = Instant::now();
-    while count < env.rows {
-        let m = raw_consumer.recv().await.unwrap();
-        let _op: ReplicationOp = serde_json::from_slice(m.payload().unwrap_or_default()).unwrap();
-        first.get_or_insert_with(Instant::now);
-        count += 1;
-        last = Instant::now();
+    for (round, slot) in big_slots.iter().enumerate() {
+        let big_topic = format!("{big}_topic{round}");
+        create_topic(&big_topic, env.partitions).await;
+        let config = write_producer_config(&env, &dir, slot, &big_pub, &big, &big_topic);
+        let (secs, rss) = run_producer_binary(&env, &config, slot, &big_end).await;
+        results.add("one_transaction_rate", format!("pgkafka producer, one transaction of {} rows", env.rows), "rows/s", "pgkafka", env.rows as f64 / secs);
+        results.add("one_transaction_peak_rss", format!("pgkafka producer peak RSS, one transaction of {} rows", env.rows), "MiB", "pgkafka", rss);
     }
-    let raw_consume_rate = count as f64 / (last - first.unwrap()).as_secs_f64();
-    results.insert("rdkafka_consumer_msgs_per_sec".into(), json!(raw_consume_rate));
-    drop(raw_consumer);
 
-    eprintln!("bench: basic consumer");
-    let counting = Counting::new(false);
-    let consumer = consumer_options(Consumer::new(unique_name("bench_basic"), vec![topic.clone()], env.brokers.clone(), NoopApp(Arc::clone(&counting))));
-    let stop = consumer.shutdown_handle();
-    let task = tokio::spawn(consumer.start_basic());
-    wait_count(&counting, env.rows, Duration::from_secs(900)).await;
-    stop.shutdown();
-    let _ = task.await;
-    results.insert("basic_consumer_msgs_per_sec".into(), json!(counting.rate()));
+    // Consumers, all reading the first round's producer topic.
+    for round in 0..rounds {
+        eprintln!("bench: consumer round {}/{rounds}", round + 1);
+        let (topic, partitions, rows) = (first_topic.clone(), env.partitions, env.rows);
+        let rate = tokio::task::spawn_blocking(move || raw_consumer_no_decode(&topic, partitions, rows)).await.unwrap();
+        results.add("rdkafka_consumer_no_decode", "Kafka limit: raw rdkafka consumer, all partitions, no decoding", "msgs/s", "limit", rate);
+        let rate = raw_consumer_json(&first_topic, env.rows).await;
+        results.add("rdkafka_consumer_json", "reference: single-thread rdkafka consumer decoding JSON", "msgs/s", "reference", rate);
+        let rate = basic_consumer(&env, &first_topic, env.rows).await;
+        results.add("basic_consumer", "pgkafka basic consumer, no-op handler", "msgs/s", "pgkafka", rate);
+    }
 
-    // 6. Idempotent consumer inserting one row per op, batching on and off.
-    for batching in [true, false] {
-        eprintln!("bench: idempotent consumer, batching {batching}");
-        let sink = unique_name("bench_sink");
-        client.batch_execute(&format!("CREATE TABLE {sink} (lsn bigint, seq_id bigint)")).await.unwrap();
-        let ops_topic = format!("{sink}_ops");
-        create_topic(&ops_topic, env.partitions).await;
-        let feeder: FutureProducer = kafka_brokers_config().set("linger.ms", "5").create().unwrap();
-        for i in 0..env.idempotent_ops {
-            let (key, value) = &sample[(i as usize) % sample.len()];
-            let mut op: ReplicationOp = serde_json::from_slice(value).unwrap();
-            op.lsn = 1 + i / 1000;
-            op.seq_id = i % 1000;
-            let value = serde_json::to_vec(&op).unwrap();
-            loop {
-                match feeder.send_result(FutureRecord::to(&ops_topic).key(key).payload(&value)) {
-                    Ok(_) => break,
-                    Err(_) => tokio::time::sleep(Duration::from_millis(1)).await,
-                }
-            }
+    // The idempotent consumer against the same inserts in a plain loop.
+    eprintln!("bench: feeding {} ops", env.idempotent_ops);
+    let ops_topic = feed_ops(&env, &sample, env.idempotent_ops).await;
+    let (batch, unbatched) = (env.batch_size, env.unbatched_ops);
+    for round in 0..rounds {
+        eprintln!("bench: idempotent round {}/{rounds}", round + 1);
+        let rate = plain_loop(&env, &client, env.idempotent_ops, batch).await;
+        results.add("plain_loop_batched", format!("PostgreSQL limit: sqlx loop, same inserts, {batch} per transaction, {} connections", env.partitions), "ops/s", "limit", rate);
+        let rate = idempotent_consumer(&env, &client, &ops_topic, env.idempotent_ops, batch).await;
+        results.add("idempotent_batched", format!("pgkafka idempotent consumer, batches of up to {batch}"), "ops/s", "pgkafka", rate);
+        let rate = plain_loop(&env, &client, unbatched, 1).await;
+        results.add("plain_loop_unbatched", format!("PostgreSQL limit: sqlx loop, one insert per transaction, {} connections", env.partitions), "ops/s", "limit", rate);
+        let rate = idempotent_consumer(&env, &client, &ops_topic, unbatched, 1).await;
+        results.add("idempotent_unbatched", "pgkafka idempotent consumer, batch_size(1)", "ops/s", "pgkafka", rate);
+    }
+
+    // Latency from COMMIT to handle_message at steady rates of single-row transactions.
+    let lat_slot = unique_name("bench_lat_slot");
+    let (mut pipeline, stops, tasks) = LatencyPipeline::start(&env, &lat_slot).await;
+    all_slots.names.push(lat_slot);
+    for round in 0..rounds {
+        for &tps in &env.latency_rates {
+            eprintln!("bench: latency round {}/{rounds} at {tps} transactions/s", round + 1);
+            let (p50, p99, max, achieved) = pipeline.run(tps, env.latency_secs).await;
+            results.add(&format!("latency_{tps}_p50"), format!("COMMIT to handler at {tps} tx/s, p50"), "ms", "pgkafka", p50);
+            results.add(&format!("latency_{tps}_p99"), format!("COMMIT to handler at {tps} tx/s, p99"), "ms", "pgkafka", p99);
+            results.add(&format!("latency_{tps}_max"), format!("COMMIT to handler at {tps} tx/s, max"), "ms", "pgkafka", max);
+            results.add(&format!("latency_{tps}_achieved"), format!("transactions written, aiming at {tps} tx/s"), "tx/s", "reference", achieved);
         }
-        feeder.flush(Duration::from_secs(60)).unwrap();
-        let counting = Counting::new(false);
-        let app = InsertApp { table: sink.clone(), counting: Arc::clone(&counting) };
-        let mut consumer = consumer_options(Consumer::new(unique_name("bench_idem"), vec![ops_topic.clone()], env.brokers.clone(), app))
-            .state_table(format!("{sink}_state"));
-        if !batching {
-            consumer = consumer.batch_size(1);
-        }
-        let url = env.database_url.clone();
-        let stop = consumer.shutdown_handle();
-        let task = tokio::spawn(async move { consumer.start_idempotent(&url).await });
-        wait_count(&counting, env.idempotent_ops, Duration::from_secs(900)).await;
-        stop.shutdown();
+    }
+    for stop in stops {
+        stop();
+    }
+    for task in tasks {
         let _ = task.await;
-        let key = if batching { "idempotent_consumer_ops_per_sec_batched" } else { "idempotent_consumer_ops_per_sec_unbatched" };
-        results.insert(key.into(), json!(counting.rate()));
     }
 
-    // 7. Latency from COMMIT to handle_message at a steady rate of small transactions.
-    eprintln!("bench: latency at {} transactions/s", env.latency_tps);
-    let lat = unique_name("bench_lat");
-    let lat_pub = format!("{lat}_pub");
-    let lat_topic = format!("{lat}_topic");
-    let lat_slot = format!("{lat}_slot");
-    client
-        .batch_execute(&format!(
-            "CREATE TABLE {lat} (id bigint PRIMARY KEY, organization_id int NOT NULL, created_us bigint NOT NULL);
-             ALTER TABLE {lat} REPLICA IDENTITY FULL; CREATE PUBLICATION {lat_pub} FOR TABLE {lat};"
-        ))
-        .await
-        .unwrap();
-    create_topic(&lat_topic, env.partitions).await;
-    let mut topic_map = HashMap::new();
-    topic_map.insert(lat.clone(), pgkafka::TopicInfo::new(&lat_topic, ["organization_id"]));
-    let producer = pgkafka::Producer::builder(env.database_url.clone(), env.brokers.clone(), lat_slot.clone(), lat_pub.clone(), topic_map)
-        .kafka_option("linger.ms", "0")
-        .build();
-    let stop = producer.shutdown_handle();
-    let producer_task = tokio::spawn(async move { producer.start().await });
-    let counting = Counting::new(true);
-    let consumer = consumer_options(Consumer::new(unique_name("bench_lat"), vec![lat_topic.clone()], env.brokers.clone(), NoopApp(Arc::clone(&counting))))
-        .kafka_option("fetch.wait.max.ms", "5");
-    let stop_consumer = consumer.shutdown_handle();
-    let consumer_task = tokio::spawn(consumer.start_basic());
-    // Warm up until the group has joined and the producer streams.
-    let mut id = 0i64;
-    let insert = format!("INSERT INTO {lat} VALUES ($1, $2, (extract(epoch from clock_timestamp()) * 1000000)::bigint)");
-    while counting.seen.load(Ordering::Relaxed) == 0 {
-        id += 1;
-        client.execute(&insert, &[&id, &((id % 7) as i32)]).await.unwrap();
-        tokio::time::sleep(Duration::from_millis(100)).await;
+    results.ratio_target("producer / min(pg_recvlogical, raw rdkafka producer)", "pgkafka_producer", &["pg_recvlogical", "rdkafka_producer"], Some(0.9));
+    results.at_most_target("producer peak RSS through one transaction of all rows", "one_transaction_peak_rss", "max", 64.0 / 1.048_576, "MiB", "64 MB");
+    results.ratio_target("basic consumer / JSON-decoding reference", "basic_consumer", &["rdkafka_consumer_json"], Some(1.0));
+    results.ratio_target("basic consumer / no-decode limit", "basic_consumer", &["rdkafka_consumer_no_decode"], None);
+    results.ratio_target("idempotent consumer / plain loop, batched", "idempotent_batched", &["plain_loop_batched"], Some(0.8));
+    results.ratio_target("idempotent consumer / plain loop, one op per transaction", "idempotent_unbatched", &["plain_loop_unbatched"], Some(0.5));
+    for &tps in &env.latency_rates {
+        results.at_most_target(&format!("COMMIT to handler p99 at {tps} tx/s"), &format!("latency_{tps}_p99"), "median", 50.0, "ms", "50 ms");
     }
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    counting.latencies_ms.lock().unwrap().clear();
-    let total = env.latency_tps * env.latency_secs;
-    let mut ticker = tokio::time::interval(Duration::from_micros(1_000_000 / env.latency_tps));
-    let before = counting.seen.load(Ordering::Relaxed);
-    for _ in 0..total {
-        ticker.tick().await;
-        id += 1;
-        client.execute(&insert, &[&id, &((id % 7) as i32)]).await.unwrap();
-    }
-    wait_count(&counting, before + total, Duration::from_secs(120)).await;
-    let mut latencies = counting.latencies_ms.lock().unwrap().clone();
-    latencies.sort_unstable();
-    let pct = |p: f64| latencies[((latencies.len() as f64 - 1.0) * p).round() as usize];
-    results.insert(
-        "latency_ms".into(),
-        json!({ "tps": env.latency_tps, "samples": latencies.len(), "p50": pct(0.50), "p99": pct(0.99), "max": latencies.last() }),
-    );
-    stop.shutdown();
-    let _ = producer_task.await;
-    stop_consumer.shutdown();
-    let _ = consumer_task.await;
 
-    // Clean up slots so they do not retain WAL.
-    for slot in [&recv_slot, &producer_slot, &big_slot, &lat_slot] {
-        let _ = client.execute("SELECT pg_drop_replication_slot($1)", &[slot]).await;
-    }
-    let out = std::env::var("BENCH_OUT").unwrap_or_else(|_| "docs/benchmarks.json".into());
-    std::fs::write(&out, serde_json::to_vec_pretty(&serde_json::Value::Object(results)).unwrap()).unwrap();
-    eprintln!("bench: results written to {out}");
+    // Drop the slots now: the exit below skips destructors.
+    drop(all_slots);
+    let mut out = results.to_json();
+    out["workload"] = json!({
+        "rows": env.rows, "rows_per_tx": env.rows_per_tx, "partitions": env.partitions, "columns": 5,
+        "idempotent_ops": env.idempotent_ops, "unbatched_ops": env.unbatched_ops, "batch_size": env.batch_size,
+        "latency_rates": env.latency_rates, "latency_secs": env.latency_secs, "repeats": rounds,
+        "record_value_bytes_avg": avg_bytes,
+    });
+    let path = std::env::var("BENCH_OUT").unwrap_or_else(|_| "docs/benchmarks.json".into());
+    std::fs::write(&path, serde_json::to_vec_pretty(&out).unwrap()).unwrap();
+    eprintln!("bench: results written to {path}");
     // librdkafka's threads may still be closing; the measurements are written.
     std::process::exit(0);
 }
