@@ -3,6 +3,7 @@
 //! - [`ReplicationOp`], [`Op`], [`Row`], [`TopicInfo`]: the JSON wire format, byte-compatible with
 //!   the earlier library whose records may already sit in your topics.
 //! - [`Lsn`]: PostgreSQL log sequence numbers, shown the way `psql` shows them (`16/B374D848`).
+//! - [`debezium`]: Debezium PostgreSQL change events decoded into [`ReplicationOp`]s.
 //! - [`headers`]: the names of the origin headers (system id, timeline, slot) on every record.
 //! - [`ident`]: how records name tables (`t`, `schema.t`) and how SQL identifiers are quoted.
 //! - [`key`]: the Kafka message key built from partition-key column values.
@@ -15,6 +16,7 @@ mod lsn;
 mod table;
 mod wire;
 
+pub mod debezium;
 pub mod headers;
 pub mod ident;
 pub mod key;
