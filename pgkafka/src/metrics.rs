@@ -99,6 +99,13 @@ pub const CONSUMER_INVALID_MESSAGES: Metric = metric(
     PARTITION,
     "Records that could not be decoded as ops (stopped on, skipped or dead-lettered).",
 );
+/// Records without a row change, passed over (Debezium tombstones, transaction boundaries, heartbeats).
+pub const CONSUMER_RECORDS_SKIPPED: Metric = metric(
+    "pgkafka_consumer_records_skipped_total",
+    MetricKind::Counter,
+    PARTITION,
+    "Records without a row change passed over: tombstones, transaction boundaries, heartbeats.",
+);
 /// Ops per idempotent batch transaction.
 pub const CONSUMER_BATCH_SIZE: Metric =
     metric("pgkafka_consumer_batch_size", MetricKind::Histogram, PARTITION, "Ops per handled batch.");
@@ -124,6 +131,7 @@ pub const ALL: &[Metric] = &[
     CONSUMER_OPS_FAILED,
     CONSUMER_RETRIES,
     CONSUMER_INVALID_MESSAGES,
+    CONSUMER_RECORDS_SKIPPED,
     CONSUMER_BATCH_SIZE,
     CONSUMER_LAG,
 ];

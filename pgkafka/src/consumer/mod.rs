@@ -31,6 +31,7 @@
 
 mod dead_letter;
 mod error;
+mod format;
 mod halt;
 mod idempotent;
 mod origin;
@@ -44,6 +45,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use error::ConsumerError;
+pub use format::RecordFormat;
+pub use pgkafka_common::debezium::Positions as DebeziumPositions;
 
 use async_trait::async_trait;
 use futures::FutureExt as _;
@@ -267,6 +270,8 @@ pub(crate) struct Settings {
     pub(crate) pool_size: Option<u32>,
     pub(crate) transaction_idle_timeout: Option<Duration>,
     pub(crate) max_queued_per_partition: usize,
+    pub(crate) record_formats: Vec<(String, RecordFormat)>,
+    pub(crate) debezium_positions: DebeziumPositions,
     pub(crate) shutdown: CancellationToken,
 }
 
@@ -289,6 +294,8 @@ impl fmt::Debug for Settings {
             .field("batch_linger", &self.batch_linger)
             .field("pool_size", &self.pool_size)
             .field("max_queued_per_partition", &self.max_queued_per_partition)
+            .field("record_formats", &self.record_formats)
+            .field("debezium_positions", &self.debezium_positions)
             .finish_non_exhaustive()
     }
 }
@@ -345,6 +352,8 @@ impl<A> Consumer<A> {
                 pool_size: None,
                 transaction_idle_timeout: None,
                 max_queued_per_partition: 20_000,
+                record_formats: Vec::new(),
+                debezium_positions: DebeziumPositions::default(),
                 shutdown: CancellationToken::new(),
             },
         }
@@ -478,6 +487,45 @@ impl<A> Consumer<A> {
     #[must_use]
     pub fn transaction_idle_timeout(mut self, timeout: Duration) -> Self {
         self.settings.transaction_idle_timeout = Some(timeout);
+        self
+    }
+
+    /// The format of `topic`'s records (default [`RecordFormat::Detect`]: each record is read as
+    /// pgkafka's `ReplicationOp`, else as a Debezium change event). [`RecordFormat::Debezium`]
+    /// reads a topic written by Debezium's PostgreSQL connector: its events become the same
+    /// [`ReplicationOp`]s pgkafka's producer would have written for the same changes, and its
+    /// tombstones, transaction boundaries and heartbeats are passed over (counted in
+    /// `pgkafka_consumer_records_skipped_total`). [`RecordFormat::Pgkafka`] refuses anything
+    /// else, a record without a value included, as invalid.
+    ///
+    /// ```no_run
+    /// # use pgkafka::{async_trait::async_trait, BasicApplication, Consumer, ConsumerError, ReplicationOp};
+    /// use pgkafka::consumer::RecordFormat;
+    /// # struct App;
+    /// # #[async_trait]
+    /// # impl BasicApplication for App {
+    /// #     async fn handle_message(&self, _: &ReplicationOp) -> Result<(), ConsumerError> { Ok(()) }
+    /// # }
+    /// let consumer = Consumer::new("audit", vec!["dbserver1.public.customers"], "localhost:9092", App)
+    ///     .record_format("dbserver1.public.customers", RecordFormat::Debezium);
+    /// ```
+    #[must_use]
+    pub fn record_format(mut self, topic: impl Into<String>, format: RecordFormat) -> Self {
+        let topic = topic.into();
+        self.settings.record_formats.retain(|(t, _)| *t != topic);
+        self.settings.record_formats.push((topic, format));
+        self
+    }
+
+    /// Which Debezium events get a position (`lsn`, `seq_id`), see [`DebeziumPositions`]. By
+    /// default ([`DebeziumPositions::TransactionOrder`]) a change event must carry Debezium's
+    /// `transaction` block (`provide.transaction.metadata=true`), and one without it is an invalid
+    /// record: without it the rows of one `COPY` share a position, and the idempotent consumer
+    /// would take all but the first for duplicates. [`DebeziumPositions::ChangeLsn`] accepts such
+    /// events, for basic consumers.
+    #[must_use]
+    pub fn debezium_positions(mut self, positions: DebeziumPositions) -> Self {
+        self.settings.debezium_positions = positions;
         self
     }
 

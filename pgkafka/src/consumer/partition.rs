@@ -13,13 +13,14 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info_span, Instrument as _};
 
 use super::dead_letter::{DeadLetterSender, Delivery};
+use super::format::{Formats, Read, Reader};
 use super::halt::Halt;
 use super::origin::Origin;
 use super::processor::{Batch, Handled, RetryingProcessor};
 use super::ConsumerError;
 use crate::metrics::{
     CONSUMER_BATCH_SIZE, CONSUMER_INVALID_MESSAGES, CONSUMER_LAG, CONSUMER_OPS_DUPLICATE, CONSUMER_OPS_FAILED,
-    CONSUMER_OPS_HANDLED, CONSUMER_RETRIES,
+    CONSUMER_OPS_HANDLED, CONSUMER_RECORDS_SKIPPED, CONSUMER_RETRIES,
 };
 use crate::ReplicationOp;
 
@@ -27,6 +28,7 @@ use crate::ReplicationOp;
 pub(crate) struct PartitionContext {
     pub(crate) processor: RetryingProcessor,
     pub(crate) on_invalid: OnInvalid,
+    pub(crate) formats: Formats,
     pub(crate) halt: Arc<Halt>,
     pub(crate) runtime: tokio::runtime::Handle,
 }
@@ -209,6 +211,7 @@ struct PartitionMeters {
     retries: metrics::Counter,
     failed: metrics::Counter,
     invalid: metrics::Counter,
+    skipped: metrics::Counter,
     batch_size: metrics::Histogram,
 }
 
@@ -220,6 +223,7 @@ impl PartitionMeters {
             retries: CONSUMER_RETRIES.partition_counter(topic, partition),
             failed: CONSUMER_OPS_FAILED.partition_counter(topic, partition),
             invalid: CONSUMER_INVALID_MESSAGES.partition_counter(topic, partition),
+            skipped: CONSUMER_RECORDS_SKIPPED.partition_counter(topic, partition),
             batch_size: CONSUMER_BATCH_SIZE.partition_histogram(topic, partition),
         }
     }
@@ -238,6 +242,8 @@ struct PartitionTask {
 
 enum Item {
     Op(i64, ReplicationOp, Option<Origin>),
+    /// A record without a row change (a tombstone, a transaction boundary): finished with the batch.
+    Skipped(i64),
     Invalid(OwnedMessage, String),
 }
 
@@ -245,6 +251,8 @@ impl PartitionTask {
     async fn run(mut self) {
         let max_batch = self.context.processor.max_batch();
         let linger = self.context.processor.linger();
+        let reader = self.context.formats.reader(&self.topic);
+        let decode = |message| decode(&reader, message);
         loop {
             let first = tokio::select! {
                 biased;
@@ -253,7 +261,7 @@ impl PartitionTask {
             };
             let mut items = vec![decode(first)];
             let deadline = Instant::now() + linger;
-            while items.len() < max_batch && matches!(items.last(), Some(Item::Op(..))) {
+            while items.len() < max_batch && matches!(items.last(), Some(Item::Op(..) | Item::Skipped(..))) {
                 match self.rx.try_recv() {
                     Ok(m) => items.push(decode(m)),
                     Err(TryRecvError::Disconnected) => break,
@@ -278,15 +286,27 @@ impl PartitionTask {
             let mut offsets = Vec::with_capacity(items.len());
             let mut ops = Vec::with_capacity(items.len());
             let mut origins = Vec::with_capacity(items.len());
+            let mut last_skipped = None;
             for item in items {
-                if let Item::Op(offset, op, origin) = item {
-                    offsets.push(offset);
-                    ops.push(op);
-                    origins.push(origin);
+                match item {
+                    Item::Op(offset, op, origin) => {
+                        offsets.push(offset);
+                        ops.push(op);
+                        origins.push(origin);
+                    }
+                    Item::Skipped(offset) => {
+                        self.meters.skipped.increment(1);
+                        last_skipped = Some(offset);
+                    }
+                    Item::Invalid(..) => {}
                 }
             }
             if !self.handle_ops(&ops, &offsets, &origins).await {
                 return;
+            }
+            if let Some(skipped) = last_skipped {
+                // Passed-over records finish with the ops around them, never before them.
+                self.progress.finish(offsets.last().map_or(skipped, |&last| last.max(skipped)));
             }
             if let Some(Item::Invalid(message, reason)) = invalid {
                 if !self.handle_invalid(message, reason).await {
@@ -360,10 +380,14 @@ impl PartitionTask {
     }
 }
 
-fn decode(message: OwnedMessage) -> Item {
-    let parsed = match message.payload() {
-        None => Err("the record has no value".to_owned()),
-        Some(bytes) => serde_json::from_slice::<ReplicationOp>(bytes).map_err(|e| e.to_string()),
+fn decode(reader: &Reader, message: OwnedMessage) -> Item {
+    let parsed = match reader.read(message.payload(), message.offset()) {
+        Read::Op(op) => Ok(op),
+        Read::Skipped(why) => {
+            debug!(offset = message.offset(), "passing over a {why} record");
+            return Item::Skipped(message.offset());
+        }
+        Read::Invalid(reason) => Err(reason),
     };
     // The producer's origin headers; a record with broken ones is invalid like a broken value.
     let origin = match message.headers() {

@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use super::dead_letter::DeadLetterSender;
+use super::format::Formats;
 use super::halt::Halt;
 use super::partition::{Dispatched, OnInvalid, Partition, PartitionContext};
 use super::processor::{Processor, RetryingProcessor};
@@ -308,6 +309,7 @@ pub(crate) async fn run(settings: Settings, processor: Arc<dyn Processor>) -> Re
             Backoff::new(settings.retry_initial, settings.retry_max),
         ),
         on_invalid,
+        formats: Formats::new(&settings.record_formats, settings.debezium_positions),
         halt: Arc::clone(&halt),
         runtime: tokio::runtime::Handle::current(),
     });
