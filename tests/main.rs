@@ -4,6 +4,7 @@
 
 mod cli;
 mod consumer;
+mod debezium;
 mod foundation;
 mod producer;
 mod typed;

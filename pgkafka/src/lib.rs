@@ -8,7 +8,7 @@
 //!
 //! Kafka is the distributed engine: scale consumers out with consumer groups and partitions.
 
-pub use pgkafka_common::{headers, key, Lsn, Op, OpKind, ParseLsnError, ReplicationOp, Row, TopicInfo};
+pub use pgkafka_common::{debezium, headers, key, Lsn, Op, OpKind, ParseLsnError, ReplicationOp, Row, TopicInfo};
 
 // The typed API: `#[derive(ReplicatedTable)]` structs, their decoded ops, and typed handlers.
 pub use pgkafka_common::{text, Change, Column, DecodeError, ReplicatedTable, TypedOp};
