@@ -351,6 +351,9 @@ fn build_row(col_names: &[String], columns: &[FieldSchema], row: Option<&Ordered
 /// snapshot are new records at new offsets and are applied again (a snapshot row is a read of the
 /// current row, so applying it twice leaves the same state).
 ///
+/// A connector started afresh (new offsets) counts from `lastCommitLsn = null` again: its
+/// positions restart below those of the earlier run, which an idempotent consumer must forget.
+///
 /// # Errors
 /// A missing or unreadable `source.sequence` (Debezium before 1.4 does not write it), or a
 /// streamed change without a `transaction` block under [`Positions::TransactionOrder`].

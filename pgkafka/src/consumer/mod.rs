@@ -191,8 +191,9 @@ where
     }
 }
 
-/// What the consumer does with a Kafka record that is not a valid [`ReplicationOp`] (not JSON,
-/// the wrong shape, or no value at all).
+/// What the consumer does with a Kafka record that is not a valid [`ReplicationOp`] or Debezium
+/// change event (not JSON, the wrong shape, a Debezium `TRUNCATE`, or no value at all under
+/// [`RecordFormat::Pgkafka`]).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub enum InvalidMessagePolicy {
