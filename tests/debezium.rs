@@ -1,8 +1,10 @@
 //! Reading topics written by Debezium's PostgreSQL connector: the recorded events of
 //! `tests/fixtures/debezium/` decoded (`fixtures`, no servers needed), and an idempotent consumer
-//! applying a topic of them exactly once across SIGKILLs (`consume`).
+//! applying a topic of them exactly once across SIGKILLs (`consume`), and a basic consumer
+//! detecting the format of each record in a topic holding both (`detect`).
 
 mod consume;
+mod detect;
 mod fixtures;
 
 use pgkafka::ReplicationOp;
