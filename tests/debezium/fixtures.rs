@@ -41,7 +41,7 @@ fn the_documented_create_event_decodes_in_both_shapes() {
 }
 
 /// The documentation's update and delete events, with and without schemas. As printed they lack
-/// `source.sequence` (every Debezium since 1.4 writes it) and are refused saying so; with it and a
+/// `source.sequence` (every Debezium since 1.5 writes it) and are refused saying so; with it and a
 /// transaction block added they decode: an update's old row under `REPLICA IDENTITY DEFAULT` has
 /// only the key, the other columns read as NULL.
 #[test]

@@ -87,14 +87,16 @@ impl std::fmt::Display for Skipped {
 #[non_exhaustive]
 pub enum Positions {
     /// Change events must carry a `transaction` block (`provide.transaction.metadata=true`): its
-    /// `total_order` is the `seq_id`. An event without one is an error. The default: it is the
-    /// only choice under which every event of a transaction has a position of its own.
+    /// `total_order` is the `seq_id`. An event without one is an error. The default: every event
+    /// of a transaction has a position of its own. Debezium before 3.7 numbers the rest of a
+    /// transaction from 1 again when it restarts inside it (fixed by debezium/dbz#633), so
+    /// those events would sit below positions already stored.
     #[default]
     TransactionOrder,
-    /// Events without a `transaction` block take `source.lsn` (the change's own WAL position) as
-    /// their `seq_id`. The rows of one `COPY` (or any multi-insert) share that LSN, so an
-    /// idempotent consumer would apply only the first of them: for basic consumers, or for
-    /// tables never loaded with `COPY`.
+    /// Change events take `source.lsn` (the change's own WAL position) as their `seq_id`, with
+    /// or without a `transaction` block. It does not depend on Debezium's counters, so it is the
+    /// same after any Debezium restart; but the rows of one `COPY` (or any multi-insert) share
+    /// that LSN, and an idempotent consumer would apply only the first of them.
     ChangeLsn,
 }
 
@@ -326,7 +328,8 @@ fn build_row(col_names: &[String], columns: &[FieldSchema], row: Option<&Ordered
 /// - a streamed change (`c`, `u`, `d`) of a transaction T: `lsn = lastCommitLsn + 1` (the first
 ///   WAL position T's changes could follow; equal for all of T's changes) and
 ///   `seq_id = transaction.total_order - 1` (0 for T's first change, like pgkafka's own seq_id;
-///   [`Positions::ChangeLsn`] takes `source.lsn` when there is no `transaction` block).
+///   [`Positions::ChangeLsn`] takes `source.lsn`, which grows within a transaction too, and
+///   stands still only between rows of one multi-insert).
 /// - a snapshot row (`r`): `lsn = lastCommitLsn` and `seq_id = offset`, the record's Kafka
 ///   offset. Snapshot rows have no transaction block and all share one `source.lsn`; nothing in
 ///   them tells them apart but their place in the topic.
@@ -346,8 +349,11 @@ fn build_row(col_names: &[String], columns: &[FieldSchema], row: Option<&Ordered
 ///   transaction, whose rows go to the signalling table's topic, not the data topics.
 ///
 /// Re-sends are the same events: a Kafka redelivery has the same offset and value, and after a
-/// Debezium restart its offsets restore `lastCommitLsn` (`lsn_commit`) and the transaction's
-/// counters, so re-emitted events carry the same values. Snapshot rows re-read by a repeated
+/// Debezium restart its offsets restore `lastCommitLsn` (`lsn_commit`) and, from Debezium 3.7
+/// on (debezium/dbz#633), the counters of a transaction it restarts inside of, so re-emitted
+/// events carry the same values. An earlier Debezium restarting inside a transaction numbers
+/// its remaining events from 1 again: under [`Positions::TransactionOrder`] they would be taken
+/// for re-sends; [`Positions::ChangeLsn`] does not depend on those counters. Snapshot rows re-read by a repeated
 /// snapshot are new records at new offsets and are applied again (a snapshot row is a read of the
 /// current row, so applying it twice leaves the same state).
 ///
@@ -355,7 +361,7 @@ fn build_row(col_names: &[String], columns: &[FieldSchema], row: Option<&Ordered
 /// positions restart below those of the earlier run, which an idempotent consumer must forget.
 ///
 /// # Errors
-/// A missing or unreadable `source.sequence` (Debezium before 1.4 does not write it), or a
+/// A missing or unreadable `source.sequence` (Debezium before 1.5 does not write it), or a
 /// streamed change without a `transaction` block under [`Positions::TransactionOrder`].
 pub fn position(
     op: &str,
@@ -371,6 +377,9 @@ pub fn position(
     }
     let lsn = last_commit.saturating_add(1);
     match (total_order, positions) {
+        (_, Positions::ChangeLsn) => {
+            source.lsn.map(|change| (lsn, change)).ok_or_else(|| "source.lsn is missing".to_owned())
+        }
         (Some(order), _) => {
             let order = order
                 .as_u64()
@@ -379,12 +388,9 @@ pub fn position(
                 .ok_or_else(|| format!("transaction.total_order {order} is not a positive integer"))?;
             Ok((lsn, order - 1))
         }
-        (None, Positions::ChangeLsn) => {
-            source.lsn.map(|change| (lsn, change)).ok_or_else(|| "source.lsn is missing".to_owned())
-        }
         (None, _) => Err("the event has no \"transaction\" block, so it has no position of its own (the rows of \
                           one COPY share an LSN): set provide.transaction.metadata=true on the Debezium connector, \
-                          or accept change-LSN positions (Positions::ChangeLsn) for a basic consumer"
+                          or choose change-LSN positions (Positions::ChangeLsn), which cannot tell the rows of one COPY apart"
             .to_owned()),
     }
 }
@@ -399,7 +405,7 @@ pub struct SourceRef<'a> {
 }
 
 fn last_commit_lsn(sequence: Option<&str>) -> Result<u64, String> {
-    let text = sequence.ok_or("source.sequence is missing (it needs Debezium 1.4 or later)")?;
+    let text = sequence.ok_or("source.sequence is missing (it needs Debezium 1.5 or later)")?;
     let parts: Vec<Option<String>> =
         serde_json::from_str(text).map_err(|e| format!("source.sequence {text:?} is not a JSON array of strings: {e}"))?;
     match parts.first() {

@@ -136,6 +136,10 @@ fn other_json_is_not_debezium_and_truncates_and_missing_positions_are_errors() {
     assert!(err.contains("provide.transaction.metadata=true"), "{err}");
     let Decoded::Change(c) = decode(&no_tx, Positions::ChangeLsn).unwrap() else { panic!() };
     assert_eq!((c.op.lsn, c.op.seq_id), (6, 9));
+    // Change-LSN positions ignore Debezium's counters, also where they are given.
+    let with_tx = json!({"before": null, "after": {"id": 1}, "source": source("t", Some(5), 9), "op": "c", "transaction": tx(4)}).to_string();
+    let Decoded::Change(c) = decode(&with_tx, Positions::ChangeLsn).unwrap() else { panic!() };
+    assert_eq!((c.op.lsn, c.op.seq_id), (6, 9));
 }
 
 /// One WAL history: transactions with interleaved change LSNs, some preceded by a blocking
@@ -168,11 +172,13 @@ fn emitted(transactions: &[(u8, bool)]) -> Vec<(String, Option<u64>, u64, Option
 proptest! {
     /// Whatever the transactions, their sizes, overlaps, multi-inserts and blocking snapshots,
     /// positions strictly increase along Debezium's emit order (any partition's records are a
-    /// subsequence of it, so there too).
+    /// subsequence of it, so there too); change-LSN positions too, except between the rows of one
+    /// multi-insert, which share one.
     #[test]
     fn positions_increase_strictly_in_emit_order(transactions in proptest::collection::vec((1u8..6, any::<bool>()), 1..40)) {
         let events = emitted(&transactions);
         let mut previous: Option<(u64, u64)> = None;
+        let mut previous_by_lsn: Option<((u64, u64), u64)> = None;
         for (offset, (op, last_commit, lsn, order)) in events.iter().enumerate() {
             let sequence = json!([last_commit.map(|l| l.to_string()), lsn.to_string()]).to_string();
             let src = SourceRef { sequence: Some(&sequence), lsn: Some(*lsn) };
@@ -182,6 +188,12 @@ proptest! {
                 prop_assert!(now > previous, "{previous:?} then {now:?} at event {offset}");
             }
             previous = Some(now);
+            // Change-LSN positions only stand still between rows sharing an LSN.
+            let by_lsn = position(op, &src, order.as_ref(), offset as i64, Positions::ChangeLsn).unwrap();
+            if let Some((previous, previous_lsn)) = previous_by_lsn {
+                prop_assert!(by_lsn > previous || (by_lsn == previous && *lsn == previous_lsn && op != "r"), "{previous:?} then {by_lsn:?}");
+            }
+            previous_by_lsn = Some((by_lsn, *lsn));
         }
     }
 

@@ -518,12 +518,13 @@ impl<A> Consumer<A> {
         self
     }
 
-    /// Which Debezium events get a position (`lsn`, `seq_id`), see [`DebeziumPositions`]. By
-    /// default ([`DebeziumPositions::TransactionOrder`]) a change event must carry Debezium's
-    /// `transaction` block (`provide.transaction.metadata=true`), and one without it is an invalid
-    /// record: without it the rows of one `COPY` share a position, and the idempotent consumer
-    /// would take all but the first for duplicates. [`DebeziumPositions::ChangeLsn`] accepts such
-    /// events, for basic consumers.
+    /// How Debezium change events get their position (`lsn`, `seq_id`), see
+    /// [`DebeziumPositions`]. By default ([`DebeziumPositions::TransactionOrder`]) an event must
+    /// carry Debezium's `transaction` block (`provide.transaction.metadata=true`), whose
+    /// `total_order` is its `seq_id`, and one without it is an invalid record.
+    /// [`DebeziumPositions::ChangeLsn`] takes the change's LSN instead: it survives restarts of
+    /// any Debezium version, but the rows of one `COPY` share it, and the idempotent consumer
+    /// would take all but the first for duplicates.
     #[must_use]
     pub fn debezium_positions(mut self, positions: DebeziumPositions) -> Self {
         self.settings.debezium_positions = positions;
