@@ -26,7 +26,8 @@
 //! next one.
 //!
 //! The modules: `run` (the poll loop, rebalances, commits), `partition` (one partition's queue
-//! and task), `processor` (the basic processor and the retry loop around either processor),
+//! and task), `format` (a record value read as pgkafka's op or a Debezium event, or passed over),
+//! `processor` (the basic processor and the retry loop around either processor),
 //! `idempotent` (the idempotent processor), `dead_letter`, `halt` (the stop signal) and `error`.
 
 mod dead_letter;
