@@ -120,9 +120,9 @@ fn semantic_text(value: &Value, semantic: &str, schema: &FieldSchema) -> Result<
         "io.debezium.time.MicroTimestamp" => timestamp(i128::from(int()?))?,
         "io.debezium.time.NanoTimestamp" => timestamp(i128::from(int()?) / 1_000)?,
         // ISO-8601 strings: `2018-06-20T15:13:16.945104Z`, `15:13:16Z`, `2017-09-15Z`.
-        "io.debezium.time.ZonedTimestamp" | "io.debezium.time.IsoTimestamp" => iso_zoned(string()?, true),
-        "io.debezium.time.ZonedTime" => iso_zoned(string()?, true),
-        "io.debezium.time.IsoTime" | "io.debezium.time.IsoDate" => iso_zoned(string()?, false),
+        "io.debezium.time.ZonedTimestamp" | "io.debezium.time.ZonedTime" => iso_zoned(string()?, true),
+        // `time.precision.mode=isostring`: zoneless types, written at UTC with a `Z`.
+        "io.debezium.time.IsoTimestamp" | "io.debezium.time.IsoTime" | "io.debezium.time.IsoDate" => iso_zoned(string()?, false),
         "io.debezium.time.MicroDuration" => duration(i128::from(int()?)),
         "org.apache.kafka.connect.data.Decimal" => {
             let text = string()?;
@@ -354,6 +354,12 @@ mod tests {
             "2018-06-20 15:13:16.945104+00"
         );
         assert_eq!(text(json!("2017-09-15Z"), &schema("string", Some("io.debezium.time.IsoDate"))), "2017-09-15");
+        assert_eq!(
+            text(json!("2019-07-09T02:28:57.123456Z"), &schema("string", Some("io.debezium.time.IsoTimestamp"))),
+            "2019-07-09 02:28:57.123456"
+        );
+        assert_eq!(text(json!("04:05:11.789Z"), &schema("string", Some("io.debezium.time.IsoTime"))), "04:05:11.789");
+        assert_eq!(text(json!("15:13:16Z"), &schema("string", Some("io.debezium.time.ZonedTime"))), "15:13:16+00");
         assert_eq!(text(json!(90_061_000_000_i64), &schema("int64", Some("io.debezium.time.MicroDuration"))), "25:01:01");
     }
 
