@@ -20,7 +20,11 @@ struct OpLog {
 
 #[async_trait]
 impl IdempotentApplication for OpLog {
-    async fn handle_message(&self, tx: &mut Transaction<'_, Postgres>, op: &ReplicationOp) -> Result<(), ConsumerError> {
+    async fn handle_message(
+        &self,
+        tx: &mut Transaction<'_, Postgres>,
+        op: &ReplicationOp,
+    ) -> Result<(), ConsumerError> {
         let at = current_message().ok_or_else(|| ConsumerError::fatal("no current message"))?;
         let json = serde_json::to_string(op).map_err(ConsumerError::fatal)?;
         pgkafka::sqlx::query(&format!("INSERT INTO {} (partition, record_offset, op) VALUES ($1, $2, $3)", self.table))
@@ -41,14 +45,15 @@ async fn main() {
     let [_, topic, group, url, table, brokers] = &args[..] else {
         panic!("usage: dbz_consumer_child TOPIC GROUP DATABASE_URL TABLE BROKERS");
     };
-    let consumer = Consumer::new(group.as_str(), vec![topic.as_str()], brokers.as_str(), OpLog { table: table.clone() })
-        .record_format(topic.as_str(), RecordFormat::Debezium)
-        .kafka_option("session.timeout.ms", "3000")
-        .kafka_option("heartbeat.interval.ms", "300")
-        .state_table(format!("{table}_state"))
-        .retry_backoff(Duration::from_millis(20), Duration::from_millis(500))
-        .batch_size(20)
-        .batch_linger(Duration::from_millis(20));
+    let consumer =
+        Consumer::new(group.as_str(), vec![topic.as_str()], brokers.as_str(), OpLog { table: table.clone() })
+            .record_format(topic.as_str(), RecordFormat::Debezium)
+            .kafka_option("session.timeout.ms", "3000")
+            .kafka_option("heartbeat.interval.ms", "300")
+            .state_table(format!("{table}_state"))
+            .retry_backoff(Duration::from_millis(20), Duration::from_millis(500))
+            .batch_size(20)
+            .batch_linger(Duration::from_millis(20));
     if let Err(e) = consumer.start_idempotent(url).await {
         eprintln!("dbz_consumer_child: {e}");
         std::process::exit(1);

@@ -135,7 +135,14 @@ async fn a_sigkilled_idempotent_consumer_applies_a_debezium_topic_exactly_once()
     }
     for p in 0..PARTITIONS {
         let (got, want) = (got.remove(&p).unwrap_or_default(), want.remove(&p).unwrap_or_default());
-        assert_eq!(got.len(), want.len(), "partition {p}: {} ops applied, {} expected ({})", got.len(), want.len(), log.join("; "));
+        assert_eq!(
+            got.len(),
+            want.len(),
+            "partition {p}: {} ops applied, {} expected ({})",
+            got.len(),
+            want.len(),
+            log.join("; ")
+        );
         for (i, (g, w)) in got.iter().zip(&want).enumerate() {
             assert_eq!(g, w, "partition {p}, op {i}");
         }

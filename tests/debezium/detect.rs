@@ -33,16 +33,33 @@ async fn detection_reads_both_formats_and_commits_past_passed_over_records() {
     let topic = unique_name("dbz_detect");
     let group = unique_name("dbz_detect_g");
     create_topic(&topic, 1).await;
-    let ours = |id: &str| format!(r#"{{"table_name":"t","col_names":["id"],"lsn":5,"seq_id":0,"op":{{"Insert":["{id}"]}}}}"#);
-    let source = r#"{"connector":"postgresql","schema":"public","table":"t","lsn":90,"sequence":"[\"80\",\"90\"]","txId":7}"#;
-    let theirs = format!(r#"{{"before":null,"after":{{"id":2}},"source":{source},"op":"c","transaction":{{"id":"7:85","total_order":1}}}}"#);
-    let delete = format!(r#"{{"before":{{"id":2}},"after":null,"source":{source},"op":"d","transaction":{{"id":"7:85","total_order":2}}}}"#);
+    let ours =
+        |id: &str| format!(r#"{{"table_name":"t","col_names":["id"],"lsn":5,"seq_id":0,"op":{{"Insert":["{id}"]}}}}"#);
+    let source =
+        r#"{"connector":"postgresql","schema":"public","table":"t","lsn":90,"sequence":"[\"80\",\"90\"]","txId":7}"#;
+    let theirs = format!(
+        r#"{{"before":null,"after":{{"id":2}},"source":{source},"op":"c","transaction":{{"id":"7:85","total_order":1}}}}"#
+    );
+    let delete = format!(
+        r#"{{"before":{{"id":2}},"after":null,"source":{source},"op":"d","transaction":{{"id":"7:85","total_order":2}}}}"#
+    );
     let begin = r#"{"status":"BEGIN","id":"7:85","ts_ms":1,"event_count":null,"data_collections":null}"#;
     let end = r#"{"status":"END","id":"7:85","ts_ms":1,"event_count":2,"data_collections":[{"data_collection":"public.t","event_count":2}]}"#;
-    let heartbeat = r#"{"schema":{"type":"struct","name":"io.debezium.connector.common.Heartbeat"},"payload":{"ts_ms":1}}"#;
+    let heartbeat =
+        r#"{"schema":{"type":"struct","name":"io.debezium.connector.common.Heartbeat"},"payload":{"ts_ms":1}}"#;
     let (first, third) = (ours("1"), ours("3"));
-    let values: Vec<Option<&str>> =
-        vec![Some(&first), Some(begin), Some(&theirs), Some(&delete), None, Some(end), Some(heartbeat), Some(&third), None, Some(end)];
+    let values: Vec<Option<&str>> = vec![
+        Some(&first),
+        Some(begin),
+        Some(&theirs),
+        Some(&delete),
+        None,
+        Some(end),
+        Some(heartbeat),
+        Some(&third),
+        None,
+        Some(end),
+    ];
     let producer: FutureProducer = kafka_config().set("acks", "all").create().unwrap();
     for value in &values {
         let mut record = FutureRecord::to(&topic).partition(0).key("k");
@@ -63,7 +80,15 @@ async fn detection_reads_both_formats_and_commits_past_passed_over_records() {
     let ops = app.0.lock().unwrap().clone();
     let ids: Vec<(&str, &Op)> = ops.iter().map(|op| (op.table_name.as_str(), &op.op)).collect();
     let one = |id: &str| vec![Some(id.to_owned())];
-    assert_eq!(ids, [("t", &Op::Insert(one("1"))), ("t", &Op::Insert(one("2"))), ("t", &Op::Delete(one("2"))), ("t", &Op::Insert(one("3")))]);
+    assert_eq!(
+        ids,
+        [
+            ("t", &Op::Insert(one("1"))),
+            ("t", &Op::Insert(one("2"))),
+            ("t", &Op::Delete(one("2"))),
+            ("t", &Op::Insert(one("3")))
+        ]
+    );
 
     let reader: BaseConsumer = kafka_config().set("group.id", &group).create().unwrap();
     let mut list = TopicPartitionList::new();

@@ -33,7 +33,11 @@ fn the_documented_create_event_decodes_in_both_shapes() {
         let op = op_of(decode_file(name, Positions::ChangeLsn).unwrap());
         assert_eq!(op.table_name, "customers", "{name}");
         assert_eq!(op.col_names, ["id", "first_name", "last_name", "email"], "{name}");
-        assert_eq!(op.op, Op::Insert(row(&[Some("1"), Some("Anne"), Some("Kretchmar"), Some("annek@noanswer.org")])), "{name}");
+        assert_eq!(
+            op.op,
+            Op::Insert(row(&[Some("1"), Some("Anne"), Some("Kretchmar"), Some("annek@noanswer.org")])),
+            "{name}"
+        );
         assert_eq!((op.lsn, op.seq_id), (24_023_120, 24_023_128), "{name}");
         let refused = decode_file(name, Positions::TransactionOrder).unwrap_err().to_string();
         assert!(refused.contains("customers") && refused.contains("provide.transaction.metadata=true"), "{refused}");
@@ -62,7 +66,10 @@ fn the_documented_update_and_delete_events_decode_in_both_shapes() {
         if !name.contains("schemaless") {
             assert_eq!(op.col_names, ["id", "first_name", "last_name", "email"]);
             let expected = if name.contains("update") {
-                Op::Update((key_only.clone(), row(&[Some("1"), Some("Anne Marie"), Some("Kretchmar"), Some("annek@noanswer.org")])))
+                Op::Update((
+                    key_only.clone(),
+                    row(&[Some("1"), Some("Anne Marie"), Some("Kretchmar"), Some("annek@noanswer.org")]),
+                ))
             } else {
                 Op::Delete(key_only.clone())
             };
@@ -77,7 +84,10 @@ fn the_documented_update_and_delete_events_decode_in_both_shapes() {
 #[test]
 fn the_documented_transaction_records_are_skipped() {
     for name in ["docs-transaction-begin.json", "docs-transaction-end.json"] {
-        assert_eq!(decode_file(name, Positions::TransactionOrder).unwrap(), Decoded::Skipped(Skipped::TransactionBoundary));
+        assert_eq!(
+            decode_file(name, Positions::TransactionOrder).unwrap(),
+            Decoded::Skipped(Skipped::TransactionBoundary)
+        );
     }
 }
 
@@ -102,7 +112,10 @@ fn the_recorded_stream_decodes_into_the_expected_ops() {
     for (got, want) in decoded.iter().zip(&expected) {
         assert_eq!(got, want);
     }
-    assert!(skipped["tombstone"] > 0 && skipped["transaction boundary"] == 90 && skipped["heartbeat"] == 3, "{skipped:?}");
+    assert!(
+        skipped["tombstone"] > 0 && skipped["transaction boundary"] == 90 && skipped["heartbeat"] == 3,
+        "{skipped:?}"
+    );
     let mut last: BTreeMap<i32, (u64, u64)> = BTreeMap::new();
     for (partition, offset, op) in &decoded {
         let position = (op.lsn, op.seq_id);
@@ -136,9 +149,14 @@ fn typed_rows_decode_the_same_from_either_format() {
     let mut orders = 0;
     for record in stream() {
         let offset = offsets.entry(record.partition).or_insert(0);
-        if let Decoded::Change(change) = decode(record.value.as_deref(), *offset, Positions::TransactionOrder).unwrap() {
+        if let Decoded::Change(change) = decode(record.value.as_deref(), *offset, Positions::TransactionOrder).unwrap()
+        {
             if change.op.table_name == "inventory.orders" {
-                let ours = expected.iter().find(|(p, o, _)| (*p, *o) == (record.partition, *offset)).map(|(_, _, op)| op).unwrap();
+                let ours = expected
+                    .iter()
+                    .find(|(p, o, _)| (*p, *o) == (record.partition, *offset))
+                    .map(|(_, _, op)| op)
+                    .unwrap();
                 let from_debezium = pgkafka::TypedOp::<Order>::from_op(&change.op).unwrap();
                 let from_pgkafka = pgkafka::TypedOp::<Order>::from_op(ours).unwrap();
                 assert_eq!(from_debezium.change, from_pgkafka.change);

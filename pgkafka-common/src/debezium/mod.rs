@@ -151,7 +151,8 @@ pub fn decode(value: Option<&[u8]>, offset: i64, positions: Positions) -> Result
     let top: Envelope = serde_json::from_slice(bytes).map_err(|e| DebeziumError::NotDebezium(e.to_string()))?;
     let (payload, schema) = match top.payload {
         Some(raw) => {
-            let payload: Option<Envelope> = serde_json::from_str(raw.get()).map_err(|e| DebeziumError::NotDebezium(e.to_string()))?;
+            let payload: Option<Envelope> =
+                serde_json::from_str(raw.get()).map_err(|e| DebeziumError::NotDebezium(e.to_string()))?;
             match payload {
                 None => return Ok(Decoded::Skipped(Skipped::Tombstone)),
                 Some(payload) => (payload, top.schema),
@@ -221,7 +222,12 @@ impl OrderedRow {
     }
 }
 
-fn decode_payload(payload: Envelope, schema: Option<&Value>, offset: i64, positions: Positions) -> Result<Decoded, DebeziumError> {
+fn decode_payload(
+    payload: Envelope,
+    schema: Option<&Value>,
+    offset: i64,
+    positions: Positions,
+) -> Result<Decoded, DebeziumError> {
     let Some(op) = payload.op.as_deref() else {
         if payload.status.is_some() {
             return Ok(Decoded::Skipped(Skipped::TransactionBoundary));
@@ -229,9 +235,14 @@ fn decode_payload(payload: Envelope, schema: Option<&Value>, offset: i64, positi
         if payload.ts_ms.is_some() && payload.source.is_none() && payload.before.is_none() && payload.after.is_none() {
             return Ok(Decoded::Skipped(Skipped::Heartbeat));
         }
-        return Err(DebeziumError::NotDebezium("no \"payload\", \"op\", \"status\" or heartbeat \"ts_ms\" field".into()));
+        return Err(DebeziumError::NotDebezium(
+            "no \"payload\", \"op\", \"status\" or heartbeat \"ts_ms\" field".into(),
+        ));
     };
-    let source = payload.source.as_ref().ok_or_else(|| DebeziumError::invalid(None, format!("op {op:?} without a \"source\"")))?;
+    let source = payload
+        .source
+        .as_ref()
+        .ok_or_else(|| DebeziumError::invalid(None, format!("op {op:?} without a \"source\"")))?;
     if op == "m" {
         return Ok(Decoded::Skipped(Skipped::Message));
     }
@@ -273,7 +284,12 @@ fn decode_payload(payload: Envelope, schema: Option<&Value>, offset: i64, positi
 fn row_schema(schema: &Value) -> Vec<FieldSchema> {
     let fields = schema.get("fields").and_then(Value::as_array);
     let row = |name: &str| {
-        fields?.iter().find(|f| f.get("field").and_then(Value::as_str) == Some(name))?.get("fields")?.as_array().cloned()
+        fields?
+            .iter()
+            .find(|f| f.get("field").and_then(Value::as_str) == Some(name))?
+            .get("fields")?
+            .as_array()
+            .cloned()
     };
     row("after").or_else(|| row("before")).unwrap_or_default().iter().map(FieldSchema::from_json).collect()
 }
@@ -295,7 +311,12 @@ fn column_names(columns: &[FieldSchema], before: Option<&OrderedRow>, after: Opt
 /// The row's values in `col_names` order. A column the event does not carry (an old row under
 /// `REPLICA IDENTITY DEFAULT`) is `NULL`. Debezium's placeholder for an unchanged TOASTed value
 /// takes the old row's value (`fill`), and is an error when there is none.
-fn build_row(col_names: &[String], columns: &[FieldSchema], row: Option<&OrderedRow>, fill: Option<&Row>) -> Result<Row, String> {
+fn build_row(
+    col_names: &[String],
+    columns: &[FieldSchema],
+    row: Option<&OrderedRow>,
+    fill: Option<&Row>,
+) -> Result<Row, String> {
     col_names
         .iter()
         .enumerate()
@@ -406,8 +427,8 @@ pub struct SourceRef<'a> {
 
 fn last_commit_lsn(sequence: Option<&str>) -> Result<u64, String> {
     let text = sequence.ok_or("source.sequence is missing (it needs Debezium 1.5 or later)")?;
-    let parts: Vec<Option<String>> =
-        serde_json::from_str(text).map_err(|e| format!("source.sequence {text:?} is not a JSON array of strings: {e}"))?;
+    let parts: Vec<Option<String>> = serde_json::from_str(text)
+        .map_err(|e| format!("source.sequence {text:?} is not a JSON array of strings: {e}"))?;
     match parts.first() {
         None | Some(None) => Ok(0),
         Some(Some(lsn)) => lsn.parse().map_err(|_| format!("source.sequence {text:?}: {lsn:?} is not an LSN")),

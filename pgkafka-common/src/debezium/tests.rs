@@ -69,7 +69,9 @@ fn schema_gives_column_order_and_types() {
     let c = change(&json!({"schema": schema, "payload": payload}), 0);
     assert_eq!(c.op.table_name, "sales.orders");
     assert_eq!(c.op.col_names, ["id", "day", "amount", "at"]);
-    let row = |a: &str, b: &str, c: &str, d: &str| vec![Some(a.to_owned()), Some(b.to_owned()), Some(c.to_owned()), Some(d.to_owned())];
+    let row = |a: &str, b: &str, c: &str, d: &str| {
+        vec![Some(a.to_owned()), Some(b.to_owned()), Some(c.to_owned()), Some(d.to_owned())]
+    };
     assert_eq!(
         c.op.op,
         Op::Update((
@@ -118,7 +120,12 @@ fn records_without_a_change_are_skipped() {
         skip(Some(br#"{"status":"BEGIN","id":"571:53195829","ts_ms":1486500577125,"event_count":null,"data_collections":null}"#)),
         Decoded::Skipped(Skipped::TransactionBoundary)
     );
-    assert_eq!(skip(Some(br#"{"schema":{"type":"struct","name":"io.debezium.connector.common.Heartbeat"},"payload":{"ts_ms":1}}"#)), Decoded::Skipped(Skipped::Heartbeat));
+    assert_eq!(
+        skip(Some(
+            br#"{"schema":{"type":"struct","name":"io.debezium.connector.common.Heartbeat"},"payload":{"ts_ms":1}}"#
+        )),
+        Decoded::Skipped(Skipped::Heartbeat)
+    );
     let message = json!({"op": "m", "source": source("", Some(1), 2), "message": {"prefix": "p", "content": "AA=="}});
     assert_eq!(skip(Some(message.to_string().as_bytes())), Decoded::Skipped(Skipped::Message));
 }
@@ -137,7 +144,9 @@ fn other_json_is_not_debezium_and_truncates_and_missing_positions_are_errors() {
     let Decoded::Change(c) = decode(&no_tx, Positions::ChangeLsn).unwrap() else { panic!() };
     assert_eq!((c.op.lsn, c.op.seq_id), (6, 9));
     // Change-LSN positions ignore Debezium's counters, also where they are given.
-    let with_tx = json!({"before": null, "after": {"id": 1}, "source": source("t", Some(5), 9), "op": "c", "transaction": tx(4)}).to_string();
+    let with_tx =
+        json!({"before": null, "after": {"id": 1}, "source": source("t", Some(5), 9), "op": "c", "transaction": tx(4)})
+            .to_string();
     let Decoded::Change(c) = decode(&with_tx, Positions::ChangeLsn).unwrap() else { panic!() };
     assert_eq!((c.op.lsn, c.op.seq_id), (6, 9));
 }

@@ -44,7 +44,9 @@ pub(crate) const UNAVAILABLE_VALUE: &str = "__debezium_unavailable_value";
 /// columns) base64-encoded.
 pub(crate) fn is_unavailable(value: &Value) -> bool {
     match value.as_str() {
-        Some(text) => text == UNAVAILABLE_VALUE || base64_decode(text).is_some_and(|b| b == UNAVAILABLE_VALUE.as_bytes()),
+        Some(text) => {
+            text == UNAVAILABLE_VALUE || base64_decode(text).is_some_and(|b| b == UNAVAILABLE_VALUE.as_bytes())
+        }
         None => false,
     }
 }
@@ -116,13 +118,17 @@ fn semantic_text(value: &Value, semantic: &str, schema: &FieldSchema) -> Result<
         "io.debezium.time.Time" | "org.apache.kafka.connect.data.Time" => time_of_day(i128::from(int()?) * 1_000)?,
         "io.debezium.time.MicroTime" => time_of_day(i128::from(int()?))?,
         "io.debezium.time.NanoTime" => time_of_day(i128::from(int()?) / 1_000)?,
-        "io.debezium.time.Timestamp" | "org.apache.kafka.connect.data.Timestamp" => timestamp(i128::from(int()?) * 1_000)?,
+        "io.debezium.time.Timestamp" | "org.apache.kafka.connect.data.Timestamp" => {
+            timestamp(i128::from(int()?) * 1_000)?
+        }
         "io.debezium.time.MicroTimestamp" => timestamp(i128::from(int()?))?,
         "io.debezium.time.NanoTimestamp" => timestamp(i128::from(int()?) / 1_000)?,
         // ISO-8601 strings: `2018-06-20T15:13:16.945104Z`, `15:13:16Z`, `2017-09-15Z`.
         "io.debezium.time.ZonedTimestamp" | "io.debezium.time.ZonedTime" => iso_zoned(string()?, true),
         // `time.precision.mode=isostring`: zoneless types, written at UTC with a `Z`.
-        "io.debezium.time.IsoTimestamp" | "io.debezium.time.IsoTime" | "io.debezium.time.IsoDate" => iso_zoned(string()?, false),
+        "io.debezium.time.IsoTimestamp" | "io.debezium.time.IsoTime" | "io.debezium.time.IsoDate" => {
+            iso_zoned(string()?, false)
+        }
         "io.debezium.time.MicroDuration" => duration(i128::from(int()?)),
         "org.apache.kafka.connect.data.Decimal" => {
             let text = string()?;
@@ -135,7 +141,10 @@ fn semantic_text(value: &Value, semantic: &str, schema: &FieldSchema) -> Result<
                 .and_then(Value::as_u64)
                 .and_then(|s| u32::try_from(s).ok())
                 .ok_or_else(|| format!("a VariableScaleDecimal without a scale: {value}"))?;
-            let text = value.get("value").and_then(Value::as_str).ok_or_else(|| format!("a VariableScaleDecimal without a value: {value}"))?;
+            let text = value
+                .get("value")
+                .and_then(Value::as_str)
+                .ok_or_else(|| format!("a VariableScaleDecimal without a value: {value}"))?;
             let bytes = base64_decode(text).ok_or_else(|| format!("{text:?} is not base64"))?;
             decimal(&bytes, scale)
         }
@@ -343,7 +352,10 @@ mod tests {
         assert_eq!(text(json!(19_000), &schema("int32", Some("io.debezium.time.Date"))), "2022-01-08");
         assert_eq!(text(json!(-719_162), &schema("int32", Some("io.debezium.time.Date"))), "0001-01-01");
         assert_eq!(text(json!(45_296_789), &schema("int32", Some("io.debezium.time.Time"))), "12:34:56.789");
-        assert_eq!(text(json!(45_296_000_001_i64), &schema("int64", Some("io.debezium.time.MicroTime"))), "12:34:56.000001");
+        assert_eq!(
+            text(json!(45_296_000_001_i64), &schema("int64", Some("io.debezium.time.MicroTime"))),
+            "12:34:56.000001"
+        );
         assert_eq!(
             text(json!(1_559_033_904_863_123_i64), &schema("int64", Some("io.debezium.time.MicroTimestamp"))),
             "2019-05-28 08:58:24.863123"
@@ -360,13 +372,19 @@ mod tests {
         );
         assert_eq!(text(json!("04:05:11.789Z"), &schema("string", Some("io.debezium.time.IsoTime"))), "04:05:11.789");
         assert_eq!(text(json!("15:13:16Z"), &schema("string", Some("io.debezium.time.ZonedTime"))), "15:13:16+00");
-        assert_eq!(text(json!(90_061_000_000_i64), &schema("int64", Some("io.debezium.time.MicroDuration"))), "25:01:01");
+        assert_eq!(
+            text(json!(90_061_000_000_i64), &schema("int64", Some("io.debezium.time.MicroDuration"))),
+            "25:01:01"
+        );
     }
 
     #[test]
     fn decimals_keep_every_digit() {
         let dec = |b64: &str, scale| {
-            text(json!(b64), &FieldSchema { scale: Some(scale), ..schema("bytes", Some("org.apache.kafka.connect.data.Decimal")) })
+            text(
+                json!(b64),
+                &FieldSchema { scale: Some(scale), ..schema("bytes", Some("org.apache.kafka.connect.data.Decimal")) },
+            )
         };
         assert_eq!(dec("AeI=", 2), "4.82"); // 0x01E2 = 482
         assert_eq!(dec("/h4=", 2), "-4.82"); // 0xFE1E = -482
