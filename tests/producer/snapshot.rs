@@ -55,11 +55,7 @@ fn fold(ops: &[ReplicationOp], source: &Source) -> BTreeMap<Vec<String>, Vec<Opt
     let mut state = BTreeMap::new();
     for op in ops {
         let key_of = |row: &Vec<Option<String>>| -> Vec<String> {
-            source
-                .key
-                .iter()
-                .map(|k| row[op.col_names.iter().position(|c| c == k).unwrap()].clone().unwrap())
-                .collect()
+            source.key.iter().map(|k| row[op.col_names.iter().position(|c| c == k).unwrap()].clone().unwrap()).collect()
         };
         match &op.op {
             Op::Insert(row) => {
@@ -87,8 +83,15 @@ struct Copier {
 
 #[async_trait]
 impl IdempotentApplication for Copier {
-    async fn handle_message(&self, tx: &mut Transaction<'_, Postgres>, op: &ReplicationOp) -> Result<(), ConsumerError> {
-        let (copy, key) = self.copies.get(&op.table_name).ok_or_else(|| ConsumerError::fatal(format!("no copy of {}", op.table_name)))?;
+    async fn handle_message(
+        &self,
+        tx: &mut Transaction<'_, Postgres>,
+        op: &ReplicationOp,
+    ) -> Result<(), ConsumerError> {
+        let (copy, key) = self
+            .copies
+            .get(&op.table_name)
+            .ok_or_else(|| ConsumerError::fatal(format!("no copy of {}", op.table_name)))?;
         if current_message().and_then(|m| m.snapshot) == Some(SnapshotKind::Initial) {
             self.snapshot_rows.fetch_add(1, Ordering::Relaxed);
             if !matches!(op.op, Op::Insert(_)) {
@@ -96,7 +99,9 @@ impl IdempotentApplication for Copier {
             }
         }
         let json = |row: &Vec<Option<String>>| -> serde_json::Value {
-            serde_json::Value::Object(op.col_names.iter().cloned().zip(row.iter().map(|v| serde_json::json!(v))).collect())
+            serde_json::Value::Object(
+                op.col_names.iter().cloned().zip(row.iter().map(|v| serde_json::json!(v))).collect(),
+            )
         };
         let keys = key.join(", ");
         let delete = format!("DELETE FROM {copy} WHERE ({keys}) = (SELECT {keys} FROM json_populate_record(NULL::{copy}, $1::text::json))");
@@ -181,7 +186,12 @@ async fn an_initial_snapshot_survives_sigkills_and_matches_the_tables() {
     let other = format!("{schema}.{}", unique_name("snap_items"));
     let empty = unique_name("snap_empty");
     let tables = vec![
-        Table::new(&composite, format!("CREATE TABLE {composite} (org int, id bigint, v text, big text, n int, PRIMARY KEY (org, id))"), &[], 3),
+        Table::new(
+            &composite,
+            format!("CREATE TABLE {composite} (org int, id bigint, v text, big text, n int, PRIMARY KEY (org, id))"),
+            &[],
+            3,
+        ),
         Table::new(&other, format!("CREATE TABLE {other} (id bigint PRIMARY KEY, v text, n int)"), &[], 2),
         Table::new(&empty, format!("CREATE TABLE {empty} (id int PRIMARY KEY, v text)"), &[], 1),
     ];
@@ -241,6 +251,8 @@ async fn an_initial_snapshot_survives_sigkills_and_matches_the_tables() {
         (snapshot_progress(pg, slot).await.0 == 0).then_some(())
     })
     .await;
+    // Changes streamed after the snapshot, too.
+    tokio::time::sleep(Duration::from_secs(1)).await;
     stop.store(true, Ordering::Relaxed);
     let writes = writer.await.unwrap();
     let end: String = sc.pg.query_one("SELECT (pg_current_wal_lsn() - '0/0'::pg_lsn)::text", &[]).await.unwrap().get(0);
@@ -277,7 +289,11 @@ async fn an_initial_snapshot_survives_sigkills_and_matches_the_tables() {
     for (name, (copy, _)) in &copies {
         sc.pg.batch_execute(&format!("CREATE TABLE {copy} (LIKE {name} INCLUDING ALL)")).await.unwrap();
     }
-    let copier = Arc::new(Copier { copies: copies.clone(), snapshot_rows: AtomicU64::new(0), snapshot_non_inserts: AtomicU64::new(0) });
+    let copier = Arc::new(Copier {
+        copies: copies.clone(),
+        snapshot_rows: AtomicU64::new(0),
+        snapshot_non_inserts: AtomicU64::new(0),
+    });
     let group = unique_name("p_snap_group");
     let topics: Vec<&str> = sc.topics.iter().map(String::as_str).collect();
     let consumer = Consumer::new(&group, topics, env().brokers.as_str(), Arc::clone(&copier))
@@ -287,7 +303,9 @@ async fn an_initial_snapshot_survives_sigkills_and_matches_the_tables() {
     let running = RunningConsumer::idempotent(consumer, &env().database_url);
     for (name, (copy, _)) in &copies {
         let pg = &sc.pg;
-        let sql = format!("SELECT count(*) FROM ((TABLE {name} EXCEPT TABLE {copy}) UNION ALL (TABLE {copy} EXCEPT TABLE {name})) d");
+        let sql = format!(
+            "SELECT count(*) FROM ((TABLE {name} EXCEPT TABLE {copy}) UNION ALL (TABLE {copy} EXCEPT TABLE {name})) d"
+        );
         wait_for(&format!("the copy of {name} to equal it"), Duration::from_secs(90), || {
             let sql = sql.clone();
             async move { (pg.query_one(&sql, &[]).await.unwrap().get::<_, i64>(0) == 0).then_some(()) }
@@ -298,7 +316,11 @@ async fn an_initial_snapshot_survives_sigkills_and_matches_the_tables() {
     let snapshot_rows = copier.snapshot_rows.load(Ordering::Relaxed);
     assert!(snapshot_rows >= 2 * ROWS as u64 - 2000, "only {snapshot_rows} records carried the snapshot marker");
     assert_eq!(copier.snapshot_non_inserts.load(Ordering::Relaxed), 0, "a snapshot record was not an insert");
-    println!("snapshot test: {writes} concurrent writes, {} records, {snapshot_rows} snapshot rows, {:?}", ops.len(), started.elapsed());
+    println!(
+        "snapshot test: {writes} concurrent writes, {} records, {snapshot_rows} snapshot rows, {:?}",
+        ops.len(),
+        started.elapsed()
+    );
 
     let status = child.terminate(Duration::from_secs(30)).await;
     assert!(status.success(), "the last child did not stop gracefully ({status}); see {}", log.display());

@@ -270,8 +270,7 @@ mod tests {
 
     #[test]
     fn identifiers_are_quoted_and_schemas_qualified() {
-        let query =
-            TableQuery::new("Sales", "odd\"name", vec!["select".into()], vec![key("select", "text")]).unwrap();
+        let query = TableQuery::new("Sales", "odd\"name", vec!["select".into()], vec![key("select", "text")]).unwrap();
         assert_eq!(query.table_name(), "Sales.odd\"name");
         let sql = query.next_sql();
         assert!(sql.contains("FROM \"Sales\".\"odd\"\"name\" WHERE (\"select\") > (CAST($1::text AS text))"), "{sql}");

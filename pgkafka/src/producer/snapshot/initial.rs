@@ -35,8 +35,8 @@ use crate::producer::encode::{Change, JsonValue, Record, RowOp, ValueFormat};
 use crate::producer::error::{Attempt, Failure};
 use crate::producer::routes::Routes;
 use crate::producer::sink::Sink;
-use crate::producer::watermark::TxId;
 use crate::producer::slot::SlotState;
+use crate::producer::watermark::TxId;
 use crate::producer::{ProducerConfig, ProducerError};
 
 /// The control table of `settings`, as a configuration error when its name is unusable.
@@ -57,27 +57,40 @@ pub(crate) fn create_slot_command(slot: &str, temporary: bool, failover: bool) -
     let temporary = if temporary { " TEMPORARY" } else { "" };
     // FAILOVER exists from PostgreSQL 17 on; the caller passes `failover` only there.
     let failover = if failover { ", FAILOVER" } else { "" };
-    format!("CREATE_REPLICATION_SLOT {}{temporary} LOGICAL pgoutput (SNAPSHOT 'export'{failover})", pgkafka_common::ident::quote_ident(slot))
+    format!(
+        "CREATE_REPLICATION_SLOT {}{temporary} LOGICAL pgoutput (SNAPSHOT 'export'{failover})",
+        pgkafka_common::ident::quote_ident(slot)
+    )
 }
 
 /// Runs `CREATE_REPLICATION_SLOT` on `replication` and returns its snapshot.
-pub(crate) async fn export(replication: &mut ReplicationClient, command: &str, slot: &str, attempt: Attempt) -> Result<Exported, Failure> {
-    let rows = replication
-        .simple_query(command)
-        .await
-        .map_err(|e| Failure::postgres(format!("cannot create replication slot {slot} with an exported snapshot: {e}"), attempt))?;
+pub(crate) async fn export(
+    replication: &mut ReplicationClient,
+    command: &str,
+    slot: &str,
+    attempt: Attempt,
+) -> Result<Exported, Failure> {
+    let rows = replication.simple_query(command).await.map_err(|e| {
+        Failure::postgres(format!("cannot create replication slot {slot} with an exported snapshot: {e}"), attempt)
+    })?;
     let text = |index: usize| -> Option<String> {
         rows.first()?.get(index)?.as_ref().map(|bytes| String::from_utf8_lossy(bytes).into_owned())
     };
     let (Some(point), Some(name)) = (text(1), text(2)) else {
-        return Err(Failure::postgres(format!("CREATE_REPLICATION_SLOT {slot} returned no consistent point or snapshot"), attempt));
+        return Err(Failure::postgres(
+            format!("CREATE_REPLICATION_SLOT {slot} returned no consistent point or snapshot"),
+            attempt,
+        ));
     };
-    let at: Lsn = point
-        .parse()
-        .map_err(|_| Failure::postgres(format!("CREATE_REPLICATION_SLOT {slot} returned the consistent point {point:?}"), attempt))?;
+    let at: Lsn = point.parse().map_err(|_| {
+        Failure::postgres(format!("CREATE_REPLICATION_SLOT {slot} returned the consistent point {point:?}"), attempt)
+    })?;
     // Snapshot names are hexadecimal digits and dashes; anything else is not spliced into SQL.
     if name.is_empty() || !name.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-') {
-        return Err(Failure::postgres(format!("CREATE_REPLICATION_SLOT {slot} returned the snapshot name {name:?}"), attempt));
+        return Err(Failure::postgres(
+            format!("CREATE_REPLICATION_SLOT {slot} returned the snapshot name {name:?}"),
+            attempt,
+        ));
     }
     tracing::info!(slot, consistent_point = %at, snapshot = %name, "created a replication slot with an exported snapshot");
     Ok(Exported { at, name })
@@ -85,20 +98,26 @@ pub(crate) async fn export(replication: &mut ReplicationClient, command: &str, s
 
 /// Opens `readers` connections, each in a read-only repeatable-read transaction that imported
 /// the snapshot. They keep it after the exporting session ends.
-pub(crate) async fn import(connection: &ConnectionInfo, exported: &Exported, readers: usize, attempt: Attempt) -> Result<Vec<Client>, Failure> {
+pub(crate) async fn import(
+    connection: &ConnectionInfo,
+    exported: &Exported,
+    readers: usize,
+    attempt: Attempt,
+) -> Result<Vec<Client>, Failure> {
     let mut clients = Vec::with_capacity(readers);
     for _ in 0..readers.max(1) {
-        let client = connection
-            .connect()
-            .await
-            .map_err(|e| Failure::postgres(format!("connecting a snapshot reader to {}: {e}", connection.redacted), attempt))?;
+        let client = connection.connect().await.map_err(|e| {
+            Failure::postgres(format!("connecting a snapshot reader to {}: {e}", connection.redacted), attempt)
+        })?;
         client
             .batch_execute(&format!(
                 "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT '{}'",
                 exported.name
             ))
             .await
-            .map_err(|e| Failure::postgres(format!("importing snapshot {} into a reader: {e}", exported.name), attempt))?;
+            .map_err(|e| {
+                Failure::postgres(format!("importing snapshot {} into a reader: {e}", exported.name), attempt)
+            })?;
         clients.push(client);
     }
     Ok(clients)
@@ -118,7 +137,11 @@ pub(crate) struct Prepared {
 
 impl std::fmt::Debug for Prepared {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Prepared").field("at", &self.at).field("readers", &self.readers.len()).field("runs", &self.runs).finish_non_exhaustive()
+        f.debug_struct("Prepared")
+            .field("at", &self.at)
+            .field("readers", &self.readers.len())
+            .field("runs", &self.runs)
+            .finish_non_exhaustive()
     }
 }
 
@@ -152,7 +175,14 @@ struct Sent {
 
 impl Prepared {
     /// A snapshot at `at` read by `readers`, doing `runs` (claimed in `control`).
-    pub(crate) fn new(at: Lsn, readers: Vec<Client>, runs: Vec<Run>, control: ControlTable, control_client: Client, chunk_rows: usize) -> Self {
+    pub(crate) fn new(
+        at: Lsn,
+        readers: Vec<Client>,
+        runs: Vec<Run>,
+        control: ControlTable,
+        control_client: Client,
+        chunk_rows: usize,
+    ) -> Self {
         Self { at, readers, runs, control, control_client, chunk_rows }
     }
 
@@ -163,7 +193,13 @@ impl Prepared {
 
     /// Reads every open table and hands its rows to `sink`, recording each chunk's progress once
     /// Kafka acknowledged it, and each table as done. Returns `Ok(false)` if `shutdown` came first.
-    pub(crate) async fn run(self, routes: &Routes, sink: &Sink, origin: &OwnedHeaders, shutdown: &CancellationToken) -> Result<bool, Failure> {
+    pub(crate) async fn run(
+        self,
+        routes: &Routes,
+        sink: &Sink,
+        origin: &OwnedHeaders,
+        shutdown: &CancellationToken,
+    ) -> Result<bool, Failure> {
         let Self { at, readers, runs, control, control_client, chunk_rows } = self;
         let postgres = |message: String| Failure::retry(message);
         let mut tables = Vec::with_capacity(runs.len());
@@ -173,19 +209,29 @@ impl Prepared {
             let Some((schema, table, route)) = routes.named(&run.table_name) else {
                 // The table left the publication or the topic map since the run was requested.
                 tracing::warn!(table = %run.table_name, "the table is no longer published; its snapshot is cancelled");
-                control.finish(&control_client, run.id, RunState::Cancelled, Some("no longer published")).await.map_err(postgres)?;
+                control
+                    .finish(&control_client, run.id, RunState::Cancelled, Some("no longer published"))
+                    .await
+                    .map_err(postgres)?;
                 continue;
             };
             let slot = index % reader_count;
             let Some(reader) = readers.get(slot) else { continue };
-            let chunks = ChunkReader::for_table(reader, schema, table, chunk_rows).await.map_err(|e| Failure::Fatal(ProducerError::Schema(e)))?;
+            let chunks = ChunkReader::for_table(reader, schema, table, chunk_rows)
+                .await
+                .map_err(|e| Failure::Fatal(ProducerError::Schema(e)))?;
             let col_names = chunks.query().columns().to_vec();
             let key_indexes = route
                 .key_columns
                 .iter()
                 .map(|key| col_names.iter().position(|c| c == key))
                 .collect::<Option<Vec<usize>>>()
-                .ok_or_else(|| ProducerError::Schema(format!("table {}: a partition-key column is not among its columns {col_names:?}", route.table_name)))?;
+                .ok_or_else(|| {
+                    ProducerError::Schema(format!(
+                        "table {}: a partition-key column is not among its columns {col_names:?}",
+                        route.table_name
+                    ))
+                })?;
             tracing::info!(table = %run.table_name, resume_after = ?run.last_key, snapshot_lsn = %at, "snapshot of the table started");
             let table_index = tables.len();
             let resume = run.last_key.clone();
@@ -226,50 +272,76 @@ impl Prepared {
 
         let mut headers = origin.clone();
         headers = headers.insert(Header { key: headers::SNAPSHOT, value: Some(RunKind::Initial.as_str()) });
-        let timestamp_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+        let timestamp_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
         let mut seq_id: u64 = 0;
         let mut key = Vec::with_capacity(64);
         let mut value = Vec::with_capacity(512);
         let mut waiting: VecDeque<Sent> = VecDeque::new();
         let mut open = tables.len();
+        // Whether every reader is done: then what is still waiting is waited for.
+        let mut read_all = false;
         while open > 0 {
-            let read = tokio::select! {
-                read = chunks_rx.recv() => read,
-                () = shutdown.cancelled() => return Ok(false),
-            };
-            let Some(Read { index, chunk, last }) = read else {
+            if read_all && waiting.is_empty() {
                 return Err(Failure::retry("a snapshot reader ended before its tables were read"));
-            };
-            let chunk = chunk.map_err(postgres)?;
-            let Some(table) = tables.get_mut(index) else { continue };
-            let tx = sink.begin(at);
-            let rows = chunk.rows.len();
-            for row in &chunk.rows {
-                if !sink.has_room() {
-                    tokio::select! {
-                        room = sink.wait_for_room() => room?,
-                        () = shutdown.cancelled() => return Ok(false),
-                    }
-                }
-                key.clear();
-                encode_key_into(table.key_indexes.iter().map(|&i| row.get(i).and_then(Option::as_deref)), &mut key);
-                value.clear();
-                let op = RowOp { table_name: &table.run.table_name, col_names: &table.col_names, lsn: at.0, seq_id, op: Change::Insert(row) };
-                JsonValue.write_value(&op, &mut value).map_err(|e| ProducerError::Protocol { lsn: at, message: format!("cannot encode a snapshot row of table {}: {e}", table.run.table_name) })?;
-                let record = Record { table_name: &table.run.table_name, topic: &table.topic, key: &key, value: &value, timestamp_ms };
-                if !sink.send(tx, &record, &headers, shutdown).await? {
-                    return Ok(false);
-                }
-                seq_id += 1;
             }
-            sink.commit(tx, at);
-            table.sent_rows += rows as u64;
-            let last_key = chunk.last_key.clone().or_else(|| table.run.last_key.clone()).unwrap_or_default();
-            waiting.push_back(Sent { tx, index, last_key, rows: i64::try_from(rows).unwrap_or(i64::MAX), last });
-            // Record what Kafka has acknowledged; at a table's end, wait for it.
+            let read = match read_all {
+                true => None,
+                false => tokio::select! {
+                    read = chunks_rx.recv() => read,
+                    () = shutdown.cancelled() => return Ok(false),
+                },
+            };
+            read_all |= read.is_none();
+            if let Some(Read { index, chunk, last }) = read {
+                let chunk = chunk.map_err(postgres)?;
+                let Some(table) = tables.get_mut(index) else { continue };
+                let tx = sink.begin(at);
+                let rows = chunk.rows.len();
+                for row in &chunk.rows {
+                    if !sink.has_room() {
+                        tokio::select! {
+                            room = sink.wait_for_room() => room?,
+                            () = shutdown.cancelled() => return Ok(false),
+                        }
+                    }
+                    key.clear();
+                    encode_key_into(table.key_indexes.iter().map(|&i| row.get(i).and_then(Option::as_deref)), &mut key);
+                    value.clear();
+                    let op = RowOp {
+                        table_name: &table.run.table_name,
+                        col_names: &table.col_names,
+                        lsn: at.0,
+                        seq_id,
+                        op: Change::Insert(row),
+                    };
+                    JsonValue.write_value(&op, &mut value).map_err(|e| ProducerError::Protocol {
+                        lsn: at,
+                        message: format!("cannot encode a snapshot row of table {}: {e}", table.run.table_name),
+                    })?;
+                    let record = Record {
+                        table_name: &table.run.table_name,
+                        topic: &table.topic,
+                        key: &key,
+                        value: &value,
+                        timestamp_ms,
+                    };
+                    if !sink.send(tx, &record, &headers, shutdown).await? {
+                        return Ok(false);
+                    }
+                    seq_id += 1;
+                }
+                sink.commit(tx, at);
+                table.sent_rows += rows as u64;
+                let last_key = chunk.last_key.clone().or_else(|| table.run.last_key.clone()).unwrap_or_default();
+                waiting.push_back(Sent { tx, index, last_key, rows: i64::try_from(rows).unwrap_or(i64::MAX), last });
+            }
+            // Record what Kafka has acknowledged; at a table's end, or once everything is
+            // read, wait for it.
             while let Some(front) = waiting.front() {
                 if !sink.settled(front.tx) {
-                    if !front.last {
+                    if !front.last && !read_all {
                         break;
                     }
                     tokio::select! {
@@ -280,7 +352,10 @@ impl Prepared {
                 let Some(done) = waiting.pop_front() else { break };
                 let Some(table) = tables.get(done.index) else { continue };
                 if done.rows > 0 {
-                    control.progress(&control_client, table.run.id, &done.last_key, done.rows).await.map_err(postgres)?;
+                    control
+                        .progress(&control_client, table.run.id, &done.last_key, done.rows)
+                        .await
+                        .map_err(postgres)?;
                 }
                 if done.last {
                     control.finish(&control_client, table.run.id, RunState::Done, None).await.map_err(postgres)?;
@@ -301,7 +376,13 @@ impl Prepared {
 
 /// Marks this slot's unfinished initial snapshot as failed (its slot is gone, so it cannot be
 /// resumed) and requests a new one of `routes`' tables.
-pub(crate) async fn request(client: &Client, control: &ControlTable, slot: &str, routes: &Routes, attempt: Attempt) -> Result<(), Failure> {
+pub(crate) async fn request(
+    client: &Client,
+    control: &ControlTable,
+    slot: &str,
+    routes: &Routes,
+    attempt: Attempt,
+) -> Result<(), Failure> {
     let failed = |e: String| Failure::postgres(e, attempt);
     for run in control.list(client, Some(slot)).await.map_err(failed)? {
         if run.kind == RunKind::Initial && run.state.is_open() {
@@ -343,9 +424,12 @@ pub(crate) async fn resume(
     // One temporary slot per slot name at a time; it goes away with its session.
     let base: String = slot_name.chars().take(50).collect();
     let temporary = format!("{base}_snapshot");
-    let mut exporter = ReplicationClient::connect_gated(connection.replication_config(&temporary, &config.publication_name))
-        .await
-        .map_err(|e| Failure::postgres(format!("replication connection to {} failed: {e}", connection.redacted), attempt))?;
+    let mut exporter =
+        ReplicationClient::connect_gated(connection.replication_config(&temporary, &config.publication_name))
+            .await
+            .map_err(|e| {
+                Failure::postgres(format!("replication connection to {} failed: {e}", connection.redacted), attempt)
+            })?;
     let exported = export(&mut exporter, &create_slot_command(&temporary, true, false), &temporary, attempt).await?;
     let readers = import(connection, &exported, config.snapshot.readers, attempt).await;
     // The readers hold the snapshot now; the temporary slot is not needed any more.
@@ -371,7 +455,10 @@ mod tests {
 
     #[test]
     fn slots_are_created_with_an_exported_snapshot() {
-        assert_eq!(create_slot_command("s1", false, false), "CREATE_REPLICATION_SLOT \"s1\" LOGICAL pgoutput (SNAPSHOT 'export')");
+        assert_eq!(
+            create_slot_command("s1", false, false),
+            "CREATE_REPLICATION_SLOT \"s1\" LOGICAL pgoutput (SNAPSHOT 'export')"
+        );
         assert_eq!(
             create_slot_command("t", true, true),
             "CREATE_REPLICATION_SLOT \"t\" TEMPORARY LOGICAL pgoutput (SNAPSHOT 'export', FAILOVER)"

@@ -56,7 +56,9 @@ impl std::str::FromStr for SnapshotMode {
             "never" => Ok(Self::Never),
             "initial" => Ok(Self::Initial),
             "initial_only" => Ok(Self::InitialOnly),
-            other => Err(format!("unknown snapshot mode {other:?}: expected \"never\", \"initial\" or \"initial_only\"")),
+            other => {
+                Err(format!("unknown snapshot mode {other:?}: expected \"never\", \"initial\" or \"initial_only\""))
+            }
         }
     }
 }
