@@ -328,3 +328,51 @@ async fn an_initial_snapshot_survives_sigkills_and_matches_the_tables() {
     let _ = std::fs::remove_file(&log);
     sc.cleanup().await;
 }
+
+/// `initial_only`: the rows of every table (none for an empty one) reach the topics as inserts at
+/// one position, byte for byte in the wire format, then `start()` returns by itself and the slot
+/// is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn initial_only_publishes_the_rows_then_stops_and_drops_the_slot() {
+    pgkafka_tests::init_tracing();
+    let (t, table) = super::id_table("snap_only", 2);
+    let (empty, empty_table) = super::id_table("snap_only_empty", 1);
+    let sc = Scenario::new("p_snap_only", vec![table, empty_table]).await;
+    sc.pg
+        .batch_execute(&format!(
+            "INSERT INTO {t} SELECT g, CASE WHEN g % 2 = 0 THEN 'v' || g END FROM generate_series(1, 500) g"
+        ))
+        .await
+        .unwrap();
+    let producer = sc.builder().snapshot(pgkafka::SnapshotMode::InitialOnly).snapshot_chunk_rows(64).build();
+    let result = tokio::time::timeout(Duration::from_secs(60), producer.start()).await;
+    assert!(matches!(result, Ok(Ok(()))), "{result:?}");
+    assert_eq!(slot_confirmed(&sc.pg, &sc.slot).await, None, "the slot was not dropped");
+
+    let records = read_topics(&sc.topics).await;
+    assert_eq!(records.len(), 500);
+    let source = Source { name: t.clone(), key: vec!["id".into()] };
+    let ops: Vec<ReplicationOp> = records.iter().map(|(_, r)| r.op()).collect();
+    assert_eq!(fold(&ops, &source), contents(&sc.pg, &source).await);
+    assert!(ops.iter().all(|op| matches!(op.op, Op::Insert(_)) && op.lsn == ops[0].lsn && op.table_name == t));
+    let mut seq_ids: Vec<u64> = ops.iter().map(|op| op.seq_id).collect();
+    seq_ids.sort_unstable();
+    assert_eq!(seq_ids, (0..500).collect::<Vec<u64>>(), "seq_ids are not 0, 1, 2, ... once each");
+    for (_, record) in &records {
+        assert_eq!(
+            serde_json::to_vec(&record.op()).unwrap(),
+            record.value.clone().unwrap(),
+            "not the wire format byte for byte"
+        );
+    }
+    assert!(!ops.iter().any(|op| op.table_name == empty));
+    let runs: i64 = sc
+        .pg
+        .query_one("SELECT count(*) FROM public.pgkafka_snapshots WHERE slot_name = $1 AND state = 'done'", &[&sc.slot])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(runs, 2, "the control table does not show both tables done");
+    let _ = sc.pg.execute("DELETE FROM public.pgkafka_snapshots WHERE slot_name = $1", &[&sc.slot]).await;
+    sc.cleanup().await;
+}

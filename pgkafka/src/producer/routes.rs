@@ -408,6 +408,22 @@ mod tests {
         resolve(topic_map, catalog).unwrap_err().iter().map(ToString::to_string).collect()
     }
 
+    /// A publication FOR ALL TABLES includes the snapshot control table: it needs no topic-map
+    /// entry and its changes are skipped; without the rule it is an unmapped table.
+    #[test]
+    fn the_snapshot_control_table_is_never_streamed() {
+        let control = table("public", "pgkafka_snapshots");
+        let oid = control.oid;
+        let catalog = catalog(vec![table("public", "orders"), control]);
+        let topic_map = map(&[("orders", "t1", &[])]);
+        let routes =
+            resolve_skipping(&topic_map, &catalog, |schema, table| (schema, table) == ("public", "pgkafka_snapshots")).unwrap();
+        assert!(routes.is_skipped(oid));
+        assert!(routes.get("public", "pgkafka_snapshots").is_none());
+        assert_eq!(routes.topics(), ["t1"]);
+        assert!(problems(&topic_map, &catalog).iter().any(|p| p.contains("pgkafka_snapshots")));
+    }
+
     #[test]
     fn public_tables_go_by_bare_name_and_others_by_schema_table() {
         let catalog = catalog(vec![table("public", "orders"), table("sales", "orders")]);

@@ -81,6 +81,7 @@ pub(crate) async fn run(
         snapshot,
         snapshot_only_done: false,
     };
+    let mut started = !gated;
     let streamed = async {
         // A snapshot at the slot's own position is read before the stream starts.
         if session.snapshot_due(confirmed) {
@@ -90,12 +91,13 @@ pub(crate) async fn run(
         }
         if gated {
             startup::start(&mut replication, config, connection, attempt).await?;
+            started = true;
         }
         session.stream(&mut replication, shutdown).await
     };
     match streamed.await {
         Ok(()) => {
-            session.finish(&mut replication).await;
+            session.finish(&mut replication, started).await;
             if session.snapshot_only_done {
                 return drop_snapshot_slot(config, connection).await;
             }
@@ -272,7 +274,7 @@ impl Session<'_> {
     }
 
     /// Graceful end: wait for Kafka to acknowledge what is in flight, confirm it, and close.
-    async fn finish(&mut self, replication: &mut ReplicationClient) {
+    async fn finish(&mut self, replication: &mut ReplicationClient, started: bool) {
         let drained = self.sink.drain(tokio::time::sleep(self.config.shutdown_timeout)).await;
         let (confirmed, in_flight) = self.sink.progress();
         if !drained {
@@ -280,6 +282,13 @@ impl Session<'_> {
                 in_flight,
                 "Kafka did not acknowledge everything within the shutdown timeout; the rest will be re-sent on restart"
             );
+        }
+        if !started {
+            // A session gated for its snapshot sends no status: nothing went past the snapshot's
+            // point, which the slot was created at or confirmed to before.
+            replication.abort();
+            tracing::info!(confirmed = %confirmed, slot = %self.config.slot_name, "producer stopped");
+            return;
         }
         let target = pgwire_replication::Lsn::from_u64(confirmed.0);
         replication.update_applied_lsn(target);

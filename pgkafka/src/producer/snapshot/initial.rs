@@ -369,7 +369,7 @@ impl Prepared {
                 tracing::debug!(%error, "a snapshot reader task ended abnormally");
             }
         }
-        tracing::info!(rows = seq_id, snapshot_lsn = %at, "initial snapshot finished; streaming the changes made since");
+        tracing::info!(rows = seq_id, snapshot_lsn = %at, "initial snapshot finished");
         Ok(true)
     }
 }
