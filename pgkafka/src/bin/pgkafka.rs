@@ -25,6 +25,7 @@
 //! #                          # or "initial_only": publish them, then stop and drop the slot
 //! # snapshot_table = "public.pgkafka_snapshots"  # snapshot progress, in the source database
 //! # snapshot_chunk_rows = 10000
+//! # snapshot_readers = 1     # connections reading tables in parallel during a snapshot
 //!
 //! [topics.inventory]
 //! name = "inventory"
@@ -102,6 +103,7 @@ struct FileConfig {
     snapshot: Snapshot,
     snapshot_table: Option<String>,
     snapshot_chunk_rows: Option<usize>,
+    snapshot_readers: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -302,6 +304,9 @@ fn build(file: FileConfig, path: &Path) -> Result<Producer, Failure> {
     }
     if let Some(rows) = file.snapshot_chunk_rows {
         builder = builder.snapshot_chunk_rows(rows);
+    }
+    if let Some(readers) = file.snapshot_readers {
+        builder = builder.snapshot_readers(readers);
     }
     if let Some(failover) = file.slot_failover {
         builder = builder.slot_failover(failover);

@@ -69,6 +69,9 @@ pub(crate) async fn preflight(
         control.as_ref().is_some_and(|control| control.is(schema, table))
     })
     .map_err(|problems| ProducerError::Schema(routes::report(&problems)))?;
+    if control.is_some() {
+        initial::check_primary_keys(&catalog, &routes)?;
+    }
     if attempt == Attempt::First {
         sink.check_topics(routes.topics(), config.brokers.clone()).await?;
     }

@@ -30,6 +30,7 @@ use tokio_util::sync::CancellationToken;
 use super::chunk::{Chunk, ChunkReader};
 use super::control::{ControlTable, Run, RunKind, RunState};
 use super::{Settings, SnapshotMode};
+use crate::producer::catalog::{Catalog, Publication};
 use crate::producer::connection::ConnectionInfo;
 use crate::producer::encode::{Change, JsonValue, Record, RowOp, ValueFormat};
 use crate::producer::error::{Attempt, Failure};
@@ -42,6 +43,26 @@ use crate::producer::{ProducerConfig, ProducerError};
 /// The control table of `settings`, as a configuration error when its name is unusable.
 pub(crate) fn control_table(settings: &Settings) -> Result<ControlTable, ProducerError> {
     ControlTable::new(&settings.table).map_err(ProducerError::Config)
+}
+
+/// The routed tables a snapshot cannot read because they have no primary key, as an error
+/// naming them, found before any slot is created.
+pub(crate) fn check_primary_keys(catalog: &Catalog, routes: &Routes) -> Result<(), ProducerError> {
+    let Publication::Tables(tables) = &catalog.publication else { return Ok(()) };
+    let without: Vec<String> = tables
+        .iter()
+        .filter(|table| table.primary_key.is_empty() && routes.get(&table.schema, &table.table).is_some())
+        .map(|table| pgkafka_common::ident::qualified(&table.schema, &table.table))
+        .collect();
+    if without.is_empty() {
+        return Ok(());
+    }
+    Err(ProducerError::Schema(format!(
+        "snapshots read tables in primary-key order, and {} no primary key: {}. Add one (ALTER TABLE .. ADD PRIMARY KEY \
+         (..)), take the table out of the publication, or set snapshot = \"never\"",
+        if without.len() == 1 { "this table has" } else { "these tables have" },
+        without.join(", ")
+    )))
 }
 
 /// An exported snapshot: its consistent point and its name.
@@ -451,7 +472,36 @@ pub(crate) async fn resume(
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
+    use crate::producer::catalog::{CatalogColumn, PublishedTable, ReplicaIdentity};
+
+    #[test]
+    fn tables_without_a_primary_key_are_refused_by_name_before_the_slot_exists() {
+        let table = |schema: &str, name: &str, primary_key: &[&str], oid: u32| PublishedTable {
+            oid,
+            schema: schema.into(),
+            table: name.into(),
+            replica_identity: ReplicaIdentity::Full,
+            published_columns: None,
+            columns: vec![CatalogColumn { name: "id".into(), not_null: true }],
+            primary_key: primary_key.iter().map(|c| (*c).to_owned()).collect(),
+        };
+        let catalog = Catalog {
+            publication_name: "pub".into(),
+            wal_level: "logical".into(),
+            server_encoding: "UTF8".into(),
+            publication: Publication::Tables(vec![table("public", "keyed", &["id"], 1), table("audit", "log", &[], 2)]),
+        };
+        let topic_map = [("keyed", vec![]), ("audit.log", vec!["id".to_owned()])]
+            .into_iter()
+            .map(|(name, key)| (name.to_owned(), pgkafka_common::TopicInfo::new(format!("{name}_topic"), key)))
+            .collect();
+        let routes = crate::producer::routes::resolve_skipping(&topic_map, &catalog, |_, _| false).unwrap();
+        let error = check_primary_keys(&catalog, &routes).unwrap_err().to_string();
+        assert!(error.contains("this table has no primary key: \"audit\".\"log\""), "{error}");
+        assert!(!error.contains("keyed"), "{error}");
+    }
 
     #[test]
     fn slots_are_created_with_an_exported_snapshot() {
