@@ -619,6 +619,15 @@ mod tests {
     #![allow(clippy::panic)]
     use super::*;
 
+    #[test]
+    fn the_snapshot_header_names_the_kind() {
+        let kind = |value: &'static [u8]| SnapshotKind::from_headers([("pgkafka.slot", Some(&b"s"[..])), ("pgkafka.snapshot", Some(value))]);
+        assert_eq!(kind(b"initial"), Some(SnapshotKind::Initial));
+        assert_eq!(kind(b"backfill"), Some(SnapshotKind::Backfill));
+        assert_eq!(kind(b"other"), None);
+        assert_eq!(SnapshotKind::from_headers([("pgkafka.slot", Some(&b"s"[..]))]), None);
+    }
+
     struct Nothing;
 
     #[async_trait]
