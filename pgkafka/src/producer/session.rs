@@ -18,7 +18,7 @@ use super::slot_guard::SessionStart;
 use super::startup;
 use super::watermark::TxId;
 use super::routes::Routes;
-use super::snapshot::initial::Prepared;
+use super::snapshot::initial::{Counters, Prepared};
 use super::{ProducerConfig, ProducerError, SnapshotMode, TruncatePolicy};
 use crate::metrics::{
     PRODUCER_BYTES_PRODUCED, PRODUCER_CONFIRMED_LSN, PRODUCER_IN_FLIGHT, PRODUCER_RECORDS_PRODUCED,
@@ -149,7 +149,8 @@ impl Session<'_> {
     /// Publishes the pending snapshot (every earlier change is in the sink already).
     async fn run_snapshot(&mut self, shutdown: &CancellationToken) -> Result<Next, Failure> {
         let Some((prepared, routes)) = self.snapshot.take() else { return Ok(Next::Continue) };
-        if !prepared.run(&routes, self.sink, &self.headers, shutdown).await? {
+        let counters = Counters { produced: self.meters.produced.clone(), bytes: self.meters.bytes.clone() };
+        if !prepared.run(&routes, self.sink, &self.headers, &counters, shutdown).await? {
             return Ok(Next::Shutdown);
         }
         if self.config.snapshot.mode == SnapshotMode::InitialOnly {

@@ -144,6 +144,13 @@ pub(crate) async fn import(
     Ok(clients)
 }
 
+/// The producer's counters of records and bytes handed to Kafka, which snapshot rows count in.
+#[derive(Debug)]
+pub(crate) struct Counters {
+    pub(crate) produced: metrics::Counter,
+    pub(crate) bytes: metrics::Counter,
+}
+
 /// An initial snapshot ready to be read: its point, its readers (holding the snapshot) and the
 /// runs still to do.
 pub(crate) struct Prepared {
@@ -219,6 +226,7 @@ impl Prepared {
         routes: &Routes,
         sink: &Sink,
         origin: &OwnedHeaders,
+        meters: &Counters,
         shutdown: &CancellationToken,
     ) -> Result<bool, Failure> {
         let Self { at, readers, runs, control, control_client, chunk_rows } = self;
@@ -352,6 +360,8 @@ impl Prepared {
                         return Ok(false);
                     }
                     seq_id += 1;
+                    meters.produced.increment(1);
+                    meters.bytes.increment(value.len() as u64);
                 }
                 sink.commit(tx, at);
                 table.sent_rows += rows as u64;
