@@ -5,6 +5,7 @@ use std::collections::HashMap;
 
 use pgkafka_common::debezium::{self, DebeziumError, Decoded, Positions, Skipped};
 
+use super::SnapshotKind;
 use crate::ReplicationOp;
 
 /// The format of a topic's record values, set per topic with [`Consumer::record_format`](super::Consumer::record_format).
@@ -53,9 +54,9 @@ pub(crate) struct Reader {
 /// What a record value holds.
 #[derive(Debug)]
 pub(crate) enum Read {
-    /// An op. A Debezium snapshot row is the insert it is ([`debezium::Change::snapshot`] is not
-    /// handed on: `MessageInfo` has no snapshot flag yet).
-    Op(ReplicationOp),
+    /// An op, and whether the record itself says it is a snapshot row (a Debezium `r` event; a
+    /// pgkafka record says so in its `pgkafka.snapshot` header instead).
+    Op(ReplicationOp, Option<SnapshotKind>),
     /// No row change: a tombstone, a transaction boundary, a heartbeat.
     Skipped(Skipped),
     /// Not a record this topic may hold; the reason names what is wrong.
@@ -86,13 +87,15 @@ impl Reader {
 }
 
 fn pgkafka(bytes: &[u8]) -> Result<Read, String> {
-    serde_json::from_slice::<ReplicationOp>(bytes).map(Read::Op).map_err(|e| e.to_string())
+    serde_json::from_slice::<ReplicationOp>(bytes).map(|op| Read::Op(op, None)).map_err(|e| e.to_string())
 }
 
 impl From<Decoded> for Read {
     fn from(decoded: Decoded) -> Self {
         match decoded {
-            Decoded::Change(change) => Read::Op(change.op),
+            // Debezium's snapshot rows (initial or incremental) are handed on as initial-snapshot
+            // rows: both are reads of the current row, which is what a `snapshot` handler expects.
+            Decoded::Change(change) => Read::Op(change.op, change.snapshot.then_some(SnapshotKind::Initial)),
             Decoded::Skipped(skipped) => Read::Skipped(skipped),
         }
     }
@@ -113,8 +116,8 @@ mod tests {
     #[test]
     fn detect_reads_either_format_and_passes_tombstones_over() {
         let detect = reader(RecordFormat::Detect);
-        let Read::Op(ours) = detect.read(Some(PGKAFKA), 0) else { panic!() };
-        let Read::Op(theirs) = detect.read(Some(DEBEZIUM), 0) else { panic!() };
+        let Read::Op(ours, _) = detect.read(Some(PGKAFKA), 0) else { panic!() };
+        let Read::Op(theirs, _) = detect.read(Some(DEBEZIUM), 0) else { panic!() };
         assert_eq!((ours.op, ours.lsn), (theirs.op, 5));
         assert!(matches!(detect.read(None, 0), Read::Skipped(Skipped::Tombstone)));
         // Neither format: the error explains what a ReplicationOp lacks.
@@ -130,6 +133,6 @@ mod tests {
         assert!(matches!(reader(RecordFormat::Debezium).read(None, 0), Read::Skipped(Skipped::Tombstone)));
         // Topics without a setting are detected.
         let other = Formats::new(&[("topic".to_owned(), RecordFormat::Pgkafka)], Positions::default()).reader("other");
-        assert!(matches!(other.read(Some(DEBEZIUM), 0), Read::Op(_)));
+        assert!(matches!(other.read(Some(DEBEZIUM), 0), Read::Op(..)));
     }
 }

@@ -16,6 +16,7 @@ use super::dead_letter::{DeadLetterSender, Delivery};
 use super::format::{Formats, Read, Reader};
 use super::halt::Halt;
 use super::origin::Origin;
+use super::SnapshotKind;
 use super::processor::{Batch, Handled, RetryingProcessor};
 use super::ConsumerError;
 use crate::metrics::{
@@ -241,7 +242,7 @@ struct PartitionTask {
 }
 
 enum Item {
-    Op(i64, ReplicationOp, Option<Origin>),
+    Op(i64, ReplicationOp, Option<Origin>, Option<SnapshotKind>),
     /// A record without a row change (a tombstone, a transaction boundary): finished with the batch.
     Skipped(i64),
     Invalid(OwnedMessage, String),
@@ -286,13 +287,15 @@ impl PartitionTask {
             let mut offsets = Vec::with_capacity(items.len());
             let mut ops = Vec::with_capacity(items.len());
             let mut origins = Vec::with_capacity(items.len());
+            let mut snapshots = Vec::with_capacity(items.len());
             let mut last_skipped = None;
             for item in items {
                 match item {
-                    Item::Op(offset, op, origin) => {
+                    Item::Op(offset, op, origin, snapshot) => {
                         offsets.push(offset);
                         ops.push(op);
                         origins.push(origin);
+                        snapshots.push(snapshot);
                     }
                     Item::Skipped(offset) => {
                         self.meters.skipped.increment(1);
@@ -301,7 +304,7 @@ impl PartitionTask {
                     Item::Invalid(..) => {}
                 }
             }
-            if !self.handle_ops(&ops, &offsets, &origins).await {
+            if !self.handle_ops(&ops, &offsets, &origins, &snapshots).await {
                 return;
             }
             if let Some(skipped) = last_skipped {
@@ -317,12 +320,18 @@ impl PartitionTask {
     }
 
     /// Handles `ops` until done; false when the task must end.
-    async fn handle_ops(&self, ops: &[ReplicationOp], offsets: &[i64], origins: &[Option<Origin>]) -> bool {
+    async fn handle_ops(
+        &self,
+        ops: &[ReplicationOp],
+        offsets: &[i64],
+        origins: &[Option<Origin>],
+        snapshots: &[Option<SnapshotKind>],
+    ) -> bool {
         let (Some(&first), Some(&last)) = (offsets.first(), offsets.last()) else { return true };
         let handled = self
             .context
             .processor
-            .process(&self.topic, self.partition, Batch { offsets, ops, origins }, &self.stop, &self.meters.retries)
+            .process(&self.topic, self.partition, Batch { offsets, ops, origins, snapshots }, &self.stop, &self.meters.retries)
             .await;
         match handled {
             Handled::Done(outcome) => {
@@ -382,7 +391,7 @@ impl PartitionTask {
 
 fn decode(reader: &Reader, message: OwnedMessage) -> Item {
     let parsed = match reader.read(message.payload(), message.offset()) {
-        Read::Op(op) => Ok(op),
+        Read::Op(op, snapshot) => Ok((op, snapshot)),
         Read::Skipped(why) => {
             debug!(offset = message.offset(), "passing over a {why} record");
             return Item::Skipped(message.offset());
@@ -395,7 +404,13 @@ fn decode(reader: &Reader, message: OwnedMessage) -> Item {
         Some(headers) => Origin::from_headers(headers.iter().map(|h| (h.key, h.value))),
     };
     match (parsed, origin) {
-        (Ok(op), Ok(origin)) => Item::Op(message.offset(), op, origin),
+        (Ok((op, in_value)), Ok(origin)) => {
+            let snapshot = message
+                .headers()
+                .and_then(|h| SnapshotKind::from_headers(h.iter().map(|h| (h.key, h.value))))
+                .or(in_value);
+            Item::Op(message.offset(), op, origin, snapshot)
+        }
         (Err(reason), _) | (_, Err(reason)) => Item::Invalid(message, reason),
     }
 }

@@ -11,11 +11,13 @@ mod session;
 mod sink;
 mod slot;
 mod slot_guard;
+mod snapshot;
 mod startup;
 mod watermark;
 
 pub use error::ProducerError;
 pub use slot_guard::SlotMissingPolicy;
+pub use snapshot::SnapshotMode;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -115,6 +117,7 @@ pub(crate) struct ProducerConfig {
     pub(crate) status_interval: Duration,
     pub(crate) reconnect_backoff_max: Duration,
     pub(crate) shutdown_timeout: Duration,
+    pub(crate) snapshot: snapshot::Settings,
 }
 
 /// Shows no secret: the connection string's password and secret Kafka options are hidden.
@@ -135,6 +138,7 @@ impl std::fmt::Debug for ProducerConfig {
             .field("status_interval", &self.status_interval)
             .field("reconnect_backoff_max", &self.reconnect_backoff_max)
             .field("shutdown_timeout", &self.shutdown_timeout)
+            .field("snapshot", &self.snapshot)
             .finish()
     }
 }
@@ -211,6 +215,7 @@ impl Producer {
                 status_interval: Duration::from_secs(1),
                 reconnect_backoff_max: Duration::from_secs(30),
                 shutdown_timeout: Duration::from_secs(30),
+                snapshot: snapshot::Settings::default(),
             },
             shutdown: CancellationToken::new(),
         }
@@ -242,7 +247,7 @@ impl Producer {
         let connection = startup::validate(config)?;
         let sink = Arc::new(Sink::new(config)?);
         let checked = async {
-            let (client, routes) = startup::preflight(config, &connection, &sink, Attempt::First).await?;
+            let (client, routes) = startup::preflight(config, &connection, &sink, Attempt::First, false).await?;
             let slot = slot::inspect(&client, &config.slot_name, Attempt::First).await?;
             Ok::<_, Failure>((routes, slot))
         };
@@ -406,6 +411,39 @@ impl ProducerBuilder {
     #[must_use]
     pub fn shutdown_timeout(mut self, timeout: Duration) -> Self {
         self.config.shutdown_timeout = timeout;
+        self
+    }
+
+    /// Whether the producer first publishes every existing row of the published tables when it
+    /// creates its slot (default [`SnapshotMode::Never`]; see the README's "Snapshots").
+    #[must_use]
+    pub fn snapshot(mut self, mode: SnapshotMode) -> Self {
+        self.config.snapshot.mode = mode;
+        self
+    }
+
+    /// The table in the source database that records snapshot progress (default
+    /// `public.pgkafka_snapshots`; `schema.table`, or a bare name for `public`). It is created
+    /// only when snapshots are enabled, and never streamed.
+    #[must_use]
+    pub fn snapshot_table(mut self, table: impl Into<String>) -> Self {
+        self.config.snapshot.table = table.into();
+        self
+    }
+
+    /// How many rows a snapshot reads per query (default 10,000): each chunk is one short query
+    /// in key order, and progress is recorded per acknowledged chunk.
+    #[must_use]
+    pub fn snapshot_chunk_rows(mut self, rows: usize) -> Self {
+        self.config.snapshot.chunk_rows = rows.max(1);
+        self
+    }
+
+    /// How many connections read tables in parallel during a snapshot (default 1), all in the
+    /// same exported snapshot. Rows are still sent one chunk at a time.
+    #[must_use]
+    pub fn snapshot_readers(mut self, readers: usize) -> Self {
+        self.config.snapshot.readers = readers.max(1);
         self
     }
 

@@ -17,7 +17,9 @@ use super::sink::Sink;
 use super::slot_guard::SessionStart;
 use super::startup;
 use super::watermark::TxId;
-use super::{ProducerConfig, ProducerError, TruncatePolicy};
+use super::routes::Routes;
+use super::snapshot::initial::{Counters, Prepared};
+use super::{ProducerConfig, ProducerError, SnapshotMode, TruncatePolicy};
 use crate::metrics::{
     PRODUCER_BYTES_PRODUCED, PRODUCER_CONFIRMED_LSN, PRODUCER_IN_FLIGHT, PRODUCER_RECORDS_PRODUCED,
     PRODUCER_REPLICATION_LAG,
@@ -59,13 +61,15 @@ pub(crate) async fn run(
         opened = tokio::time::timeout(startup::TIMEOUT, startup::open_stream(config, connection, sink, start)) => opened,
         () = shutdown.cancelled() => return Ok(()),
     };
-    let startup::Stream { routes, mut replication, confirmed, origin } = opened.map_err(|_| {
+    let startup::Stream { routes, mut replication, confirmed, origin, snapshot } = opened.map_err(|_| {
         Failure::postgres(
             format!("connecting to {} and checking it took longer than {:?}", connection.redacted, startup::TIMEOUT),
             attempt,
         )
     })??;
     sink.reset(confirmed);
+    let gated = snapshot.is_some();
+    let snapshot = snapshot.map(|prepared| (prepared, routes.clone()));
     let mut session = Session {
         config,
         sink,
@@ -74,10 +78,29 @@ pub(crate) async fn run(
         tx: None,
         meters: Meters::new(&config.slot_name),
         last_wal_end: confirmed,
+        snapshot,
+        snapshot_only_done: false,
     };
-    match session.stream(&mut replication, shutdown).await {
+    let mut started = !gated;
+    let streamed = async {
+        // A snapshot at the slot's own position is read before the stream starts.
+        if session.snapshot_due(confirmed) {
+            if let Next::Shutdown = session.run_snapshot(shutdown).await? {
+                return Ok(());
+            }
+        }
+        if gated {
+            startup::start(&mut replication, config, connection, attempt).await?;
+            started = true;
+        }
+        session.stream(&mut replication, shutdown).await
+    };
+    match streamed.await {
         Ok(()) => {
-            session.finish(&mut replication).await;
+            session.finish(&mut replication, started).await;
+            if session.snapshot_only_done {
+                return drop_snapshot_slot(config, connection).await;
+            }
             Ok(())
         }
         Err(error) => {
@@ -85,6 +108,14 @@ pub(crate) async fn run(
             Err(error)
         }
     }
+}
+
+/// `snapshot = "initial_only"` is done: the slot would only keep WAL that nothing reads.
+async fn drop_snapshot_slot(config: &ProducerConfig, connection: &ConnectionInfo) -> Result<(), Failure> {
+    let client = connection.connect().await.map_err(|e| Failure::retry(format!("connecting to {}: {e}", connection.redacted)))?;
+    super::slot::drop_slot(&client, &config.slot_name).await.map_err(Failure::retry)?;
+    tracing::info!(slot = %config.slot_name, "initial snapshot published; dropped the slot (snapshot = \"initial_only\")");
+    Ok(())
 }
 
 struct Session<'a> {
@@ -97,6 +128,10 @@ struct Session<'a> {
     tx: Option<TxId>,
     meters: Meters,
     last_wal_end: Lsn,
+    /// An initial snapshot to publish when the stream reaches its point, with the routes.
+    snapshot: Option<(Prepared, Routes)>,
+    /// The snapshot of `snapshot = "initial_only"` is published: the session ends.
+    snapshot_only_done: bool,
 }
 
 /// Whether the session goes on after an event.
@@ -106,6 +141,25 @@ enum Next {
 }
 
 impl Session<'_> {
+    /// Whether the stream has reached the pending snapshot's point.
+    fn snapshot_due(&self, position: Lsn) -> bool {
+        self.snapshot.as_ref().is_some_and(|(prepared, _)| position >= prepared.at())
+    }
+
+    /// Publishes the pending snapshot (every earlier change is in the sink already).
+    async fn run_snapshot(&mut self, shutdown: &CancellationToken) -> Result<Next, Failure> {
+        let Some((prepared, routes)) = self.snapshot.take() else { return Ok(Next::Continue) };
+        let counters = Counters { produced: self.meters.produced.clone(), bytes: self.meters.bytes.clone() };
+        if !prepared.run(&routes, self.sink, &self.headers, &counters, shutdown).await? {
+            return Ok(Next::Shutdown);
+        }
+        if self.config.snapshot.mode == SnapshotMode::InitialOnly {
+            self.snapshot_only_done = true;
+            return Ok(Next::Shutdown);
+        }
+        Ok(Next::Continue)
+    }
+
     async fn stream(&mut self, replication: &mut ReplicationClient, shutdown: &CancellationToken) -> Result<(), Failure> {
         let mut status = tokio::time::interval(self.config.status_interval.min(Duration::from_secs(1)));
         status.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -158,6 +212,12 @@ impl Session<'_> {
         match event {
             ReplicationEvent::Begin { final_lsn, commit_time_micros, .. } => {
                 let commit_lsn = Lsn(final_lsn.as_u64());
+                // Transactions committed before the snapshot's point are in Kafka; it goes first.
+                if self.snapshot_due(commit_lsn) {
+                    if let Next::Shutdown = self.run_snapshot(shutdown).await? {
+                        return Ok(Next::Shutdown);
+                    }
+                }
                 self.tx = Some(self.sink.begin(commit_lsn));
                 self.encoder.begin(commit_lsn, commit_time_micros);
             }
@@ -175,6 +235,11 @@ impl Session<'_> {
             ReplicationEvent::KeepAlive { wal_end, .. } => {
                 let wal_end = Lsn(wal_end.as_u64());
                 self.saw_wal_end(wal_end);
+                if self.tx.is_none() && self.snapshot_due(wal_end) {
+                    if let Next::Shutdown = self.run_snapshot(shutdown).await? {
+                        return Ok(Next::Shutdown);
+                    }
+                }
                 if self.tx.is_none() {
                     self.sink.idle_at(wal_end);
                 }
@@ -210,7 +275,7 @@ impl Session<'_> {
     }
 
     /// Graceful end: wait for Kafka to acknowledge what is in flight, confirm it, and close.
-    async fn finish(&mut self, replication: &mut ReplicationClient) {
+    async fn finish(&mut self, replication: &mut ReplicationClient, started: bool) {
         let drained = self.sink.drain(tokio::time::sleep(self.config.shutdown_timeout)).await;
         let (confirmed, in_flight) = self.sink.progress();
         if !drained {
@@ -218,6 +283,13 @@ impl Session<'_> {
                 in_flight,
                 "Kafka did not acknowledge everything within the shutdown timeout; the rest will be re-sent on restart"
             );
+        }
+        if !started {
+            // A session gated for its snapshot sends no status: nothing went past the snapshot's
+            // point, which the slot was created at or confirmed to before.
+            replication.abort();
+            tracing::info!(confirmed = %confirmed, slot = %self.config.slot_name, "producer stopped");
+            return;
         }
         let target = pgwire_replication::Lsn::from_u64(confirmed.0);
         replication.update_applied_lsn(target);

@@ -429,6 +429,47 @@ mod tests {
         })
     }
 
+    /// A handler that implements `insert` and `snapshot` separately.
+    struct SnapshotAware(Seen);
+
+    #[async_trait]
+    impl TableHandler<Item> for SnapshotAware {
+        async fn insert(&self, row: Item) -> Result<(), ConsumerError> {
+            self.0.lock().unwrap().push(format!("insert {}", row.id));
+            Ok(())
+        }
+
+        async fn snapshot(&self, row: Item) -> Result<(), ConsumerError> {
+            self.0.lock().unwrap().push(format!("snapshot {}", row.id));
+            Ok(())
+        }
+    }
+
+    /// A record with the `pgkafka.snapshot` header reaches `snapshot`; without it, `insert`; a
+    /// handler implementing only `insert` gets both.
+    #[tokio::test]
+    async fn snapshot_rows_reach_the_snapshot_method_which_defaults_to_insert() {
+        use crate::consumer::{call_handler, SnapshotKind};
+        let seen = Seen::default();
+        let router = Router::new().route(SnapshotAware(Arc::clone(&seen)));
+        call_handler("shop", 0, 1, Some(SnapshotKind::Initial), router.handle_message(&insert("items", "1"))).await.unwrap();
+        call_handler("shop", 0, 2, None, router.handle_message(&insert("items", "2"))).await.unwrap();
+        assert_eq!(*seen.lock().unwrap(), ["snapshot 1", "insert 2"]);
+
+        struct InsertOnly(Seen);
+        #[async_trait]
+        impl TableHandler<Item> for InsertOnly {
+            async fn insert(&self, row: Item) -> Result<(), ConsumerError> {
+                self.0.lock().unwrap().push(format!("insert {}", row.id));
+                Ok(())
+            }
+        }
+        let seen = Seen::default();
+        let router = Router::new().route(InsertOnly(Arc::clone(&seen)));
+        call_handler("shop", 0, 3, Some(SnapshotKind::Backfill), router.handle_message(&insert("items", "3"))).await.unwrap();
+        assert_eq!(*seen.lock().unwrap(), ["insert 3"]);
+    }
+
     fn insert(table: &str, id: &str) -> ReplicationOp {
         ReplicationOp {
             table_name: table.into(),
