@@ -11,6 +11,7 @@ mod session;
 mod sink;
 mod slot;
 mod slot_guard;
+mod snapshot;
 mod startup;
 mod watermark;
 
