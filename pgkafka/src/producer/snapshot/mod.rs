@@ -1,4 +1,9 @@
-//! Sources of rows that are not changes streamed from the slot: tables read in key order, in
-//! chunks, and published as snapshot rows consistent with the stream.
+//! Snapshots of published tables into their topics: reading tables in key order
+//! ([`chunk`]) and the durable progress and signal table ([`control`]).
 
+// Used by the initial snapshot and the backfill, which build on them.
+#[allow(dead_code)]
+pub(crate) mod chunk;
+#[allow(dead_code)]
+pub(crate) mod control;
 pub(crate) mod window;
