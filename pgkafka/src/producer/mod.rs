@@ -17,6 +17,7 @@ mod watermark;
 
 pub use error::ProducerError;
 pub use slot_guard::SlotMissingPolicy;
+pub use snapshot::backfill::{BackfillRun, BackfillSelector};
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -116,6 +117,7 @@ pub(crate) struct ProducerConfig {
     pub(crate) status_interval: Duration,
     pub(crate) reconnect_backoff_max: Duration,
     pub(crate) shutdown_timeout: Duration,
+    pub(crate) backfill: snapshot::backfill::BackfillSettings,
 }
 
 /// Shows no secret: the connection string's password and secret Kafka options are hidden.
@@ -136,6 +138,7 @@ impl std::fmt::Debug for ProducerConfig {
             .field("status_interval", &self.status_interval)
             .field("reconnect_backoff_max", &self.reconnect_backoff_max)
             .field("shutdown_timeout", &self.shutdown_timeout)
+            .field("backfill", &self.backfill)
             .finish()
     }
 }
@@ -212,6 +215,7 @@ impl Producer {
                 status_interval: Duration::from_secs(1),
                 reconnect_backoff_max: Duration::from_secs(30),
                 shutdown_timeout: Duration::from_secs(30),
+                backfill: snapshot::backfill::BackfillSettings::default(),
             },
             shutdown: CancellationToken::new(),
         }
