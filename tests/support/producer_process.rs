@@ -28,10 +28,16 @@ impl ChildProducer {
     /// Starts the child producer binary `program` (in an integration test:
     /// `env!("CARGO_BIN_EXE_producer_child")`); its log goes to `log`.
     pub fn spawn(program: &str, config: &ChildConfig, log: impl AsRef<Path>) -> Self {
+        Self::spawn_with_env(program, config, log, &[])
+    }
+
+    /// Like [`Self::spawn`], with extra environment variables (e.g. `PGKAFKA_CHILD_BACKFILL_CHUNK`).
+    pub fn spawn_with_env(program: &str, config: &ChildConfig, log: impl AsRef<Path>, vars: &[(&str, &str)]) -> Self {
         let file = std::fs::OpenOptions::new().create(true).append(true).open(log).expect("child log");
         let child = Command::new(program)
             .env("PGKAFKA_CHILD_CONFIG", serde_json::to_string(config).unwrap())
             .env("RUST_LOG", std::env::var("PGKAFKA_CHILD_LOG").unwrap_or_else(|_| "info".into()))
+            .envs(vars.iter().copied())
             .stdin(Stdio::null())
             .stdout(file.try_clone().expect("child log"))
             .stderr(file)

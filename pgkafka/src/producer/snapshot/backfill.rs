@@ -257,6 +257,10 @@ enum Mark {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 struct Watermark {
     slot: String,
+    /// Which task wrote it: after a restart the slot replays the watermarks of chunks that were
+    /// never acknowledged, and a new task numbers its chunks from the same point, so the chunk
+    /// number alone would pair a new chunk with an old high watermark.
+    task: u64,
     backfill: i64,
     chunk: i64,
     mark: Mark,
@@ -265,8 +269,9 @@ struct Watermark {
 /// What the backfill task tells the session.
 #[derive(Debug)]
 pub(crate) enum Signal {
-    /// Start marking the changes of `table`; answered once the session does.
-    Watch { backfill: i64, table: String, key_columns: Vec<String>, watching: oneshot::Sender<()> },
+    /// Start marking the changes of `table` for the watermarks of `task`; answered once the
+    /// session does.
+    Watch { task: u64, backfill: i64, table: String, key_columns: Vec<String>, watching: oneshot::Sender<()> },
     /// A chunk read between its watermarks, to publish at its high watermark.
     Chunk(PendingChunk),
     /// The backfill ended: stop marking.
@@ -309,6 +314,7 @@ pub(crate) struct ReadyChunk {
 /// A table the session watches for a backfill.
 #[derive(Debug)]
 struct Watched {
+    task: u64,
     backfill: i64,
     key_columns: Vec<String>,
     window: Window,
@@ -345,8 +351,8 @@ impl Backfills {
     /// Takes a signal of the task into account.
     pub(crate) fn on_signal(&mut self, signal: Signal) {
         match signal {
-            Signal::Watch { backfill, table, key_columns, watching } => {
-                self.watched.insert(table, Watched { backfill, key_columns, window: Window::new(), pending: None });
+            Signal::Watch { task, backfill, table, key_columns, watching } => {
+                self.watched.insert(table, Watched { task, backfill, key_columns, window: Window::new(), pending: None });
                 let _ = watching.send(());
             }
             Signal::Chunk(chunk) => {
@@ -400,7 +406,7 @@ impl Backfills {
         while let Ok(signal) = self.inbox.try_recv() {
             self.on_signal(signal);
         }
-        let watched = self.watched.values_mut().find(|w| w.backfill == watermark.backfill)?;
+        let watched = self.watched.values_mut().find(|w| w.backfill == watermark.backfill && w.task == watermark.task)?;
         match watermark.mark {
             Mark::Low => {
                 watched.window.low();
@@ -504,6 +510,8 @@ impl TableMeters {
 /// The task side: runs this slot's backfills, one table at a time, while the session streams.
 pub(crate) struct BackfillTask<'a> {
     slot: &'a str,
+    /// Tells this task's watermarks from those of earlier tasks the slot replays.
+    id: u64,
     connection: &'a ConnectionInfo,
     routes: Routes,
     sink: &'a Sink,
@@ -530,7 +538,9 @@ impl<'a> BackfillTask<'a> {
         origin_headers: &OwnedHeaders,
     ) -> (Self, Backfills) {
         let (outbox, inbox) = mpsc::unbounded_channel();
-        let task = Self { slot, connection, routes, sink, control, chunk_size: chunk_size.max(1), outbox };
+        // Random per task (std's hasher keys are random per process and per `RandomState`).
+        let id = std::hash::BuildHasher::hash_one(&std::collections::hash_map::RandomState::new(), slot);
+        let task = Self { slot, id, connection, routes, sink, control, chunk_size: chunk_size.max(1), outbox };
         (task, Backfills::new(slot, inbox, origin_headers))
     }
 
@@ -620,7 +630,7 @@ impl<'a> BackfillTask<'a> {
         let meters = TableMeters::new(self.slot, table);
 
         let (watching, watched) = oneshot::channel();
-        self.send(Signal::Watch { backfill: run.id, table: table.clone(), key_columns: primary_key, watching })?;
+        self.send(Signal::Watch { task: self.id, backfill: run.id, table: table.clone(), key_columns: primary_key, watching })?;
         watched.await.map_err(|_| Stop::Retry("the session ended".into()))?;
         match &run.last_key {
             None => tracing::info!(slot = %self.slot, table = %table, backfill = run.id, "backfill started"),
@@ -693,7 +703,7 @@ impl<'a> BackfillTask<'a> {
 
     /// Writes a watermark into the WAL; returns its LSN.
     async fn emit(&self, client: &Client, backfill: i64, chunk: i64, mark: Mark) -> Result<Lsn, Stop> {
-        let body = serde_json::to_string(&Watermark { slot: self.slot.to_owned(), backfill, chunk, mark })
+        let body = serde_json::to_string(&Watermark { slot: self.slot.to_owned(), task: self.id, backfill, chunk, mark })
             .map_err(|e| Stop::Retry(e.to_string()))?;
         let lsn: String = client
             .query_one("SELECT pg_logical_emit_message(false, $1, $2)::text", &[&MESSAGE_PREFIX, &body])
@@ -755,9 +765,9 @@ mod tests {
 
     #[test]
     fn watermarks_are_json_naming_slot_backfill_and_chunk() {
-        let w = Watermark { slot: "s".into(), backfill: 3, chunk: 7, mark: Mark::High };
+        let w = Watermark { slot: "s".into(), task: 9, backfill: 3, chunk: 7, mark: Mark::High };
         let text = serde_json::to_string(&w).unwrap();
-        assert_eq!(text, r#"{"slot":"s","backfill":3,"chunk":7,"mark":"high"}"#);
+        assert_eq!(text, r#"{"slot":"s","task":9,"backfill":3,"chunk":7,"mark":"high"}"#);
         assert_eq!(serde_json::from_str::<Watermark>(&text).unwrap(), w);
     }
 
@@ -783,7 +793,7 @@ mod tests {
     }
 
     fn watermark(slot: &str, backfill: i64, chunk: i64, mark: Mark) -> Vec<u8> {
-        serde_json::to_vec(&Watermark { slot: slot.into(), backfill, chunk, mark }).unwrap()
+        serde_json::to_vec(&Watermark { slot: slot.into(), task: 9, backfill, chunk, mark }).unwrap()
     }
 
     /// The session's side end to end without I/O: a change inside the window drops its row,
@@ -794,7 +804,7 @@ mod tests {
         let (outbox, inbox) = mpsc::unbounded_channel();
         let mut backfills = Backfills::new("s", inbox, &OwnedHeaders::new());
         let (watching, _) = oneshot::channel();
-        backfills.on_signal(Signal::Watch { backfill: 1, table: "t".into(), key_columns: vec!["id".into()], watching });
+        backfills.on_signal(Signal::Watch { task: 9, backfill: 1, table: "t".into(), key_columns: vec!["id".into()], watching });
         assert!(backfills.on_message(MESSAGE_PREFIX, &watermark("s", 1, 1, Mark::Low)).is_none());
         let change = br#"{"table_name":"t","col_names":["id","v"],"lsn":5,"seq_id":0,"op":{"Update":[["2","a"],["2","b"]]}}"#;
         backfills.on_change("t", change, 90);
@@ -802,6 +812,9 @@ mod tests {
         outbox.send(Signal::Chunk(pending)).unwrap();
         assert!(backfills.on_message("other", &watermark("s", 1, 1, Mark::High)).is_none());
         assert!(backfills.on_message(MESSAGE_PREFIX, &watermark("other_slot", 1, 1, Mark::High)).is_none());
+        // The same chunk number from an earlier task (replayed after a restart) is not this chunk.
+        let replayed = Watermark { slot: "s".into(), task: 8, backfill: 1, chunk: 1, mark: Mark::High };
+        assert!(backfills.on_message(MESSAGE_PREFIX, &serde_json::to_vec(&replayed).unwrap()).is_none());
         let ready = backfills.on_message(MESSAGE_PREFIX, &watermark("s", 1, 1, Mark::High)).unwrap();
         assert_eq!(ready.chunk.rows, vec![row("1", "x"), row("3", "y")]);
         assert_eq!(ready.dropped, 1);
