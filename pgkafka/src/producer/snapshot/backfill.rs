@@ -413,7 +413,10 @@ impl Backfills {
                 None
             }
             Mark::High => {
-                let mut chunk = watched.pending.take().filter(|c| c.chunk == watermark.chunk)?;
+                if watched.pending.as_ref().is_none_or(|c| c.chunk != watermark.chunk) {
+                    return None;
+                }
+                let mut chunk = watched.pending.take()?;
                 let read = chunk.rows.len();
                 let primary_key = chunk.primary_key.clone();
                 let key_of = |row: &Vec<Option<String>>| -> Key {
@@ -512,6 +515,9 @@ pub(crate) struct BackfillTask<'a> {
     slot: &'a str,
     /// Tells this task's watermarks from those of earlier tasks the slot replays.
     id: u64,
+    /// Numbers the chunks this task reads, never twice: a chunk read again after an
+    /// interruption must not match the watermarks written around its first read.
+    next_chunk: std::sync::atomic::AtomicI64,
     connection: &'a ConnectionInfo,
     routes: Routes,
     sink: &'a Sink,
@@ -540,7 +546,8 @@ impl<'a> BackfillTask<'a> {
         let (outbox, inbox) = mpsc::unbounded_channel();
         // Random per task (std's hasher keys are random per process and per `RandomState`).
         let id = std::hash::BuildHasher::hash_one(&std::collections::hash_map::RandomState::new(), slot);
-        let task = Self { slot, id, connection, routes, sink, control, chunk_size: chunk_size.max(1), outbox };
+        let next_chunk = std::sync::atomic::AtomicI64::new(1);
+        let task = Self { slot, id, next_chunk, connection, routes, sink, control, chunk_size: chunk_size.max(1), outbox };
         (task, Backfills::new(slot, inbox, origin_headers))
     }
 
@@ -637,9 +644,9 @@ impl<'a> BackfillTask<'a> {
             Some(key) => tracing::info!(slot = %self.slot, table = %table, backfill = run.id, after = ?key, rows_read = run.rows_read, "backfill resumed"),
         }
 
-        let (mut last_key, mut rows_read, mut chunk_no) = (run.last_key.clone(), run.rows_read, run.chunks);
+        let (mut last_key, mut rows_read) = (run.last_key.clone(), run.rows_read);
         loop {
-            chunk_no += 1;
+            let chunk_no = self.next_chunk.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             self.emit(client, run.id, chunk_no, Mark::Low).await?;
             client.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY").await?;
             let read = async {
