@@ -22,6 +22,11 @@
 //!    (target ≥ 0.8 ×) and one op per transaction (target ≥ 0.5 ×).
 //! 5. Latency from COMMIT to `handle_message` at 200 and 2,000 transactions/s, p50/p99. Target:
 //!    p99 ≤ 50 ms.
+//! 6. Initial snapshot of a `BENCH_ROWS`-row table (`pgkafka` with `snapshot = "initial_only"`,
+//!    from start to exit, every row acknowledged) against `COPY (SELECT …) TO STDOUT` of the same
+//!    table (PostgreSQL's limit) and the raw rdkafka producer of 1. Target: ≥ 0.7 × min(limits),
+//!    peak RSS ≤ 64 MB. Also two tables with one and with two reader connections.
+//!    `BENCH_SNAPSHOT_ONLY=1` runs only this part (no targets).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
 use std::collections::HashMap;
@@ -318,6 +323,101 @@ async fn run_producer_binary(env: &Env, config: &Path, slot: &str, end_lsn: &str
     let _ = std::process::Command::new("kill").arg("-TERM").arg(pid.to_string()).status();
     let _ = tokio::time::timeout(Duration::from_secs(30), child.wait()).await;
     (elapsed, peak as f64 / 1024.0)
+}
+
+/// PostgreSQL's limit for a snapshot: `COPY (SELECT * FROM table) TO STDOUT` through `psql`
+/// into /dev/null, rows/s.
+fn copy_out(env: &Env, tables: &[&str], rows: u64) -> f64 {
+    let started = Instant::now();
+    for table in tables {
+        let status = std::process::Command::new(format!("{}/psql", env.pg_bin))
+            .args(["-q", "-d", &env.database_url, "-c", &format!("COPY (SELECT * FROM {table}) TO STDOUT")])
+            .stdout(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(status.success(), "psql COPY failed");
+    }
+    rows as f64 / started.elapsed().as_secs_f64()
+}
+
+/// Runs the `pgkafka` binary with `snapshot = "initial_only"` on a new slot until it exits (it
+/// exits once Kafka acknowledged every snapshot row and the slot is dropped); returns (seconds,
+/// peak RSS in MiB).
+async fn run_snapshot_binary(env: &Env, dir: &Path, publication: &str, tables: &[(&str, &str)], readers: usize) -> (f64, f64) {
+    let slot = unique_name("bench_snap_slot");
+    let topics: serde_json::Map<String, Value> =
+        tables.iter().map(|(table, topic)| ((*table).to_owned(), json!({ "name": topic, "partition_key": ["organization_id"] }))).collect();
+    let config = dir.join(format!("{slot}.json"));
+    let body = json!({
+        "connection_string": env.database_url,
+        "brokers": env.brokers,
+        "slot": slot,
+        "publication": publication,
+        "topics": topics,
+        "snapshot": "initial_only",
+        "snapshot_readers": readers,
+    });
+    std::fs::write(&config, serde_json::to_vec_pretty(&body).unwrap()).unwrap();
+    let mut child = tokio::process::Command::new(&env.pgkafka_bin)
+        .arg("--config")
+        .arg(&config)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", env.pgkafka_bin.display()));
+    let pid = child.id().unwrap();
+    let perf = perf_record(pid, &slot);
+    let started = Instant::now();
+    let mut peak = 0;
+    let status = loop {
+        peak = peak.max(peak_rss_kib(pid).unwrap_or(0));
+        if let Ok(status) = tokio::time::timeout(Duration::from_millis(10), child.wait()).await {
+            break status.unwrap();
+        }
+        assert!(started.elapsed() < Duration::from_secs(900), "the snapshot did not finish in 15 min");
+    };
+    let elapsed = started.elapsed().as_secs_f64();
+    stop_perf(perf);
+    assert!(status.success(), "the snapshot producer failed: {status}");
+    (elapsed, peak as f64 / 1024.0)
+}
+
+/// Part 6: the initial snapshot of `table` (and of `table` and `other` together with one and
+/// two readers), against COPY.
+async fn snapshot_section(env: &Env, client: &tokio_postgres::Client, dir: &Path, results: &mut Results, table: &str, other: &str) {
+    let one_pub = format!("{table}_snap_pub");
+    let two_pub = format!("{table}_snap2_pub");
+    client
+        .batch_execute(&format!(
+            "CREATE PUBLICATION {one_pub} FOR TABLE {table}; CREATE PUBLICATION {two_pub} FOR TABLE {table}, {other};"
+        ))
+        .await
+        .unwrap();
+    for round in 0..env.repeats {
+        eprintln!("bench: snapshot round {}/{}", round + 1, env.repeats);
+        let rate = copy_out(env, &[table], env.rows);
+        results.add("copy_out", "PostgreSQL limit: COPY (SELECT * FROM table) TO STDOUT", "rows/s", "limit", rate);
+        let topic = format!("{table}_snap{round}");
+        create_topic(&topic, env.partitions).await;
+        let (secs, rss) = run_snapshot_binary(env, dir, &one_pub, &[(table, &topic)], 1).await;
+        results.add("pgkafka_snapshot", format!("pgkafka initial snapshot of {} rows", env.rows), "rows/s", "pgkafka", env.rows as f64 / secs);
+        results.add("snapshot_peak_rss", "pgkafka producer peak RSS during the snapshot", "MiB", "pgkafka", rss);
+        for readers in [1, 2] {
+            let (topic_a, topic_b) = (format!("{table}_snap2a{round}_{readers}"), format!("{table}_snap2b{round}_{readers}"));
+            create_topic(&topic_a, env.partitions).await;
+            create_topic(&topic_b, env.partitions).await;
+            let (secs, _) = run_snapshot_binary(env, dir, &two_pub, &[(table, &topic_a), (other, &topic_b)], readers).await;
+            results.add(
+                &format!("pgkafka_snapshot_two_tables_{readers}_readers"),
+                format!("pgkafka initial snapshot of two tables of {} rows, {readers} reader(s)", env.rows),
+                "rows/s",
+                "pgkafka",
+                2.0 * env.rows as f64 / secs,
+            );
+        }
+    }
 }
 
 /// `perf record -g` attached to `pid` when `BENCH_PERF_DIR` names a folder; the profile of a
@@ -747,6 +847,17 @@ async fn main() {
     let rounds = env.repeats;
     let mut all_slots = Slots { names: Vec::new(), psql: format!("{}/psql", env.pg_bin), database_url: env.database_url.clone() };
 
+    if std::env::var("BENCH_SNAPSHOT_ONLY").is_ok_and(|v| v == "1") {
+        let (table, other) = (unique_name("bench"), unique_name("bench_other"));
+        setup_table(&client, &table, &format!("{table}_pub")).await;
+        setup_table(&client, &other, &format!("{other}_pub")).await;
+        write_rows(&client, &table, env.rows, env.rows_per_tx).await;
+        write_rows(&client, &other, env.rows, env.rows_per_tx).await;
+        snapshot_section(&env, &client, &dir, &mut results, &table, &other).await;
+        println!("{}", serde_json::to_string_pretty(&results.to_json()).unwrap());
+        std::process::exit(0);
+    }
+
     // The workload, read by slots made before it: per round one for pg_recvlogical and one for
     // pgkafka, which writes to a topic of its own.
     let table = unique_name("bench");
@@ -804,6 +915,9 @@ async fn main() {
         results.add("one_transaction_peak_rss", format!("pgkafka producer peak RSS, one transaction of {} rows", env.rows), "MiB", "pgkafka", rss);
     }
 
+    // The initial snapshot of the workload table (and of it with the one-transaction table).
+    snapshot_section(&env, &client, &dir, &mut results, &table, &big).await;
+
     // Consumers, all reading the first round's producer topic.
     for round in 0..rounds {
         eprintln!("bench: consumer round {}/{rounds}", round + 1);
@@ -855,6 +969,9 @@ async fn main() {
 
     results.ratio_target("producer / min(pg_recvlogical, raw rdkafka producer)", "pgkafka_producer", &["pg_recvlogical", "rdkafka_producer"], Some(0.9));
     results.at_most_target("producer peak RSS through one transaction of all rows", "one_transaction_peak_rss", "max", 64.0 / 1.048_576, "MiB", "64 MB");
+    results.ratio_target("initial snapshot / min(COPY, raw rdkafka producer)", "pgkafka_snapshot", &["copy_out", "rdkafka_producer"], Some(0.7));
+    results.at_most_target("producer peak RSS during the initial snapshot", "snapshot_peak_rss", "max", 64.0 / 1.048_576, "MiB", "64 MB");
+    results.ratio_target("initial snapshot of two tables, two readers / one reader", "pgkafka_snapshot_two_tables_2_readers", &["pgkafka_snapshot_two_tables_1_readers"], None);
     results.ratio_target("basic consumer / JSON-decoding reference", "basic_consumer", &["rdkafka_consumer_json"], Some(1.0));
     results.ratio_target("basic consumer / no-decode limit", "basic_consumer", &["rdkafka_consumer_no_decode"], None);
     results.ratio_target("idempotent consumer / plain loop, batched", "idempotent_batched", &["plain_loop_batched"], Some(0.8));

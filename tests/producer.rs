@@ -16,6 +16,7 @@ mod refused;
 mod replayed_ddl;
 mod security;
 mod slot_loss;
+mod snapshot;
 mod startup;
 mod stream;
 mod wal;

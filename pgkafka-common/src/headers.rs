@@ -22,3 +22,8 @@ pub const SLOT: &str = "pgkafka.slot";
 
 /// Every origin header, in the order the producer writes them.
 pub const ALL: [&str; 3] = [SYSTEM_ID, TIMELINE, SLOT];
+
+/// Set on records of a snapshot, not of a streamed change: `initial` for the initial snapshot
+/// taken when the producer created its slot, `backfill` for an on-demand backfill. Such a
+/// record's value is an ordinary `Insert`. Not one of the origin headers in [`ALL`].
+pub const SNAPSHOT: &str = "pgkafka.snapshot";

@@ -54,10 +54,10 @@ pub mod producer;
 #[cfg(feature = "producer")]
 pub use producer::{
     CheckReport, CheckedTable, Producer, ProducerBuilder, ProducerError, SlotInUsePolicy, SlotMissingPolicy, SlotStatus,
-    TruncatePolicy,
+    SnapshotMode, TruncatePolicy,
 };
 
 #[cfg(feature = "consumer")]
 pub mod consumer;
 #[cfg(feature = "consumer")]
-pub use consumer::{BasicApplication, Consumer, ConsumerError, IdempotentApplication, InvalidMessagePolicy};
+pub use consumer::{BasicApplication, Consumer, ConsumerError, IdempotentApplication, InvalidMessagePolicy, SnapshotKind};

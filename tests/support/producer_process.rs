@@ -31,13 +31,14 @@ impl ChildProducer {
         Self::spawn_with_env(program, config, log, &[])
     }
 
-    /// Like [`Self::spawn`], with extra environment variables (e.g. `PGKAFKA_CHILD_BACKFILL_CHUNK`).
-    pub fn spawn_with_env(program: &str, config: &ChildConfig, log: impl AsRef<Path>, vars: &[(&str, &str)]) -> Self {
+    /// [`spawn`](Self::spawn) with more environment variables (`PGKAFKA_CHILD_SNAPSHOT`,
+    /// `PGKAFKA_CHILD_SNAPSHOT_CHUNK_ROWS`, `PGKAFKA_CHILD_BACKFILL_CHUNK`: see `tests/bin/producer_child.rs`).
+    pub fn spawn_with_env(program: &str, config: &ChildConfig, log: impl AsRef<Path>, env: &[(&str, &str)]) -> Self {
         let file = std::fs::OpenOptions::new().create(true).append(true).open(log).expect("child log");
         let child = Command::new(program)
             .env("PGKAFKA_CHILD_CONFIG", serde_json::to_string(config).unwrap())
             .env("RUST_LOG", std::env::var("PGKAFKA_CHILD_LOG").unwrap_or_else(|_| "info".into()))
-            .envs(vars.iter().copied())
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(file.try_clone().expect("child log"))
             .stderr(file)

@@ -24,6 +24,11 @@
 //! # max_in_flight = 10000     # unacknowledged messages at most (bounds memory)
 //! # status_interval_ms = 1000 # how often the confirmed position is reported
 //! # shutdown_timeout_secs = 30
+//! # snapshot = "never"       # or "initial": publish the existing rows when the slot is created,
+//! #                          # or "initial_only": publish them, then stop and drop the slot
+//! # snapshot_table = "public.pgkafka_snapshots"  # snapshot progress, in the source database
+//! # snapshot_chunk_rows = 10000
+//! # snapshot_readers = 1     # connections reading tables in parallel during a snapshot
 //! # backfills = true          # run the backfills `pgkafka backfill` requests
 //! # backfill_chunk_size = 1000
 //!
@@ -48,7 +53,9 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use pgkafka::producer::BackfillSelector;
-use pgkafka::{Producer, ProducerError, SlotInUsePolicy, SlotMissingPolicy, SlotStatus, TopicInfo, TruncatePolicy};
+use pgkafka::{
+    Producer, ProducerError, SlotInUsePolicy, SlotMissingPolicy, SlotStatus, SnapshotMode, TopicInfo, TruncatePolicy,
+};
 use serde::Deserialize;
 
 /// Streams PostgreSQL row changes to Kafka from a logical replication slot.
@@ -126,6 +133,20 @@ struct FileConfig {
     status_interval_ms: Option<u64>,
     backfills: Option<bool>,
     backfill_chunk_size: Option<usize>,
+    #[serde(default)]
+    snapshot: Snapshot,
+    snapshot_table: Option<String>,
+    snapshot_chunk_rows: Option<usize>,
+    snapshot_readers: Option<usize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum Snapshot {
+    #[default]
+    Never,
+    Initial,
+    InitialOnly,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -353,6 +374,20 @@ fn build(file: FileConfig, path: &Path) -> Result<Producer, Failure> {
             SlotMissing::Refuse => SlotMissingPolicy::Refuse,
             SlotMissing::Create => SlotMissingPolicy::Create,
         });
+    builder = builder.snapshot(match file.snapshot {
+        Snapshot::Never => SnapshotMode::Never,
+        Snapshot::Initial => SnapshotMode::Initial,
+        Snapshot::InitialOnly => SnapshotMode::InitialOnly,
+    });
+    if let Some(table) = file.snapshot_table {
+        builder = builder.snapshot_table(table);
+    }
+    if let Some(rows) = file.snapshot_chunk_rows {
+        builder = builder.snapshot_chunk_rows(rows);
+    }
+    if let Some(readers) = file.snapshot_readers {
+        builder = builder.snapshot_readers(readers);
+    }
     if let Some(failover) = file.slot_failover {
         builder = builder.slot_failover(failover);
     }

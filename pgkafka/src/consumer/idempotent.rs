@@ -171,7 +171,7 @@ impl<A: IdempotentApplication> Processor for IdempotentProcessor<A> {
         // An op from another origin stops the consumer after the ops before it are stored: they
         // were applied, and a restart then begins exactly at the op that needs an operator.
         let mut diverged = None;
-        for ((op, &offset), origin) in batch.ops.iter().zip(batch.offsets).zip(batch.origins) {
+        for (((op, &offset), origin), &snapshot) in batch.ops.iter().zip(batch.offsets).zip(batch.origins).zip(batch.snapshots) {
             let this = (op.lsn, op.seq_id);
             match state.judge(this, origin.as_ref()) {
                 Ok(Step::Duplicate) => {
@@ -184,7 +184,7 @@ impl<A: IdempotentApplication> Processor for IdempotentProcessor<A> {
                     break;
                 }
             }
-            if let Err(e) = super::call_handler(topic, partition, offset, self.app.handle_message(&mut tx, op)).await {
+            if let Err(e) = super::call_handler(topic, partition, offset, snapshot, self.app.handle_message(&mut tx, op)).await {
                 // Rolling back explicitly returns the connection at once; a failure to roll back
                 // only means the connection is gone, which discards the transaction too.
                 let _ = tx.rollback().await;

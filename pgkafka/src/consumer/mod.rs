@@ -136,6 +136,32 @@ pub struct MessageInfo {
     pub partition: i32,
     /// The record's offset.
     pub offset: i64,
+    /// Whether the record is a row of a snapshot (its `pgkafka.snapshot` header) rather than a
+    /// streamed change. Its op is then an ordinary insert.
+    pub snapshot: Option<SnapshotKind>,
+}
+
+/// Which kind of snapshot a record comes from (the record's
+/// [`pgkafka.snapshot`](pgkafka_common::headers::SNAPSHOT) header).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum SnapshotKind {
+    /// The initial snapshot, taken when the producer created its slot.
+    Initial,
+    /// An on-demand backfill while the producer streamed.
+    Backfill,
+}
+
+impl SnapshotKind {
+    /// The kind a record's headers name, or `None` for a streamed change (or an unknown value,
+    /// which a newer producer may write: the op is still a valid insert).
+    pub(crate) fn from_headers<'a>(headers: impl IntoIterator<Item = (&'a str, Option<&'a [u8]>)>) -> Option<Self> {
+        headers.into_iter().find(|(key, _)| *key == pgkafka_common::headers::SNAPSHOT).and_then(|(_, value)| match value? {
+            b"initial" => Some(Self::Initial),
+            b"backfill" => Some(Self::Backfill),
+            _ => None,
+        })
+    }
 }
 
 tokio::task_local! {
@@ -169,11 +195,17 @@ pub fn current_message() -> Option<MessageInfo> {
 /// `current_message()` telling where it came from. A panic in it becomes the fatal
 /// [`ConsumerError::HandlerPanicked`] instead of ending the partition's task: a retry would most
 /// likely panic again, and a silent stall is the one outcome a consumer must never have.
-pub(crate) async fn call_handler<F>(topic: &str, partition: i32, offset: i64, handler: F) -> Result<(), ConsumerError>
+pub(crate) async fn call_handler<F>(
+    topic: &str,
+    partition: i32,
+    offset: i64,
+    snapshot: Option<SnapshotKind>,
+    handler: F,
+) -> Result<(), ConsumerError>
 where
     F: std::future::Future<Output = Result<(), ConsumerError>>,
 {
-    let scoped = CURRENT_MESSAGE.scope(MessageInfo { topic: topic.to_owned(), partition, offset }, handler);
+    let scoped = CURRENT_MESSAGE.scope(MessageInfo { topic: topic.to_owned(), partition, offset, snapshot }, handler);
     // Unwind safety: after a panic the consumer stops and never calls the application again.
     match std::panic::AssertUnwindSafe(scoped).catch_unwind().await {
         Ok(result) => result,

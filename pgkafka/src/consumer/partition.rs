@@ -15,6 +15,7 @@ use tracing::{debug, error, info_span, Instrument as _};
 use super::dead_letter::{DeadLetterSender, Delivery};
 use super::halt::Halt;
 use super::origin::Origin;
+use super::SnapshotKind;
 use super::processor::{Batch, Handled, RetryingProcessor};
 use super::ConsumerError;
 use crate::metrics::{
@@ -237,7 +238,7 @@ struct PartitionTask {
 }
 
 enum Item {
-    Op(i64, ReplicationOp, Option<Origin>),
+    Op(i64, ReplicationOp, Option<Origin>, Option<SnapshotKind>),
     Invalid(OwnedMessage, String),
 }
 
@@ -278,14 +279,16 @@ impl PartitionTask {
             let mut offsets = Vec::with_capacity(items.len());
             let mut ops = Vec::with_capacity(items.len());
             let mut origins = Vec::with_capacity(items.len());
+            let mut snapshots = Vec::with_capacity(items.len());
             for item in items {
-                if let Item::Op(offset, op, origin) = item {
+                if let Item::Op(offset, op, origin, snapshot) = item {
                     offsets.push(offset);
                     ops.push(op);
                     origins.push(origin);
+                    snapshots.push(snapshot);
                 }
             }
-            if !self.handle_ops(&ops, &offsets, &origins).await {
+            if !self.handle_ops(&ops, &offsets, &origins, &snapshots).await {
                 return;
             }
             if let Some(Item::Invalid(message, reason)) = invalid {
@@ -297,12 +300,18 @@ impl PartitionTask {
     }
 
     /// Handles `ops` until done; false when the task must end.
-    async fn handle_ops(&self, ops: &[ReplicationOp], offsets: &[i64], origins: &[Option<Origin>]) -> bool {
+    async fn handle_ops(
+        &self,
+        ops: &[ReplicationOp],
+        offsets: &[i64],
+        origins: &[Option<Origin>],
+        snapshots: &[Option<SnapshotKind>],
+    ) -> bool {
         let (Some(&first), Some(&last)) = (offsets.first(), offsets.last()) else { return true };
         let handled = self
             .context
             .processor
-            .process(&self.topic, self.partition, Batch { offsets, ops, origins }, &self.stop, &self.meters.retries)
+            .process(&self.topic, self.partition, Batch { offsets, ops, origins, snapshots }, &self.stop, &self.meters.retries)
             .await;
         match handled {
             Handled::Done(outcome) => {
@@ -371,7 +380,10 @@ fn decode(message: OwnedMessage) -> Item {
         Some(headers) => Origin::from_headers(headers.iter().map(|h| (h.key, h.value))),
     };
     match (parsed, origin) {
-        (Ok(op), Ok(origin)) => Item::Op(message.offset(), op, origin),
+        (Ok(op), Ok(origin)) => {
+            let snapshot = message.headers().and_then(|h| SnapshotKind::from_headers(h.iter().map(|h| (h.key, h.value))));
+            Item::Op(message.offset(), op, origin, snapshot)
+        }
         (Err(reason), _) | (_, Err(reason)) => Item::Invalid(message, reason),
     }
 }

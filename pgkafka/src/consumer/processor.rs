@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
 use super::origin::Origin;
-use super::{BasicApplication, ConsumerError};
+use super::{BasicApplication, ConsumerError, SnapshotKind};
 use crate::{Backoff, ReplicationOp};
 
 /// What handles the ops of one partition: the basic or the idempotent consumer.
@@ -54,8 +54,8 @@ impl<A: BasicApplication> Processor for BasicProcessor<A> {
     }
 
     async fn process(&self, topic: &str, partition: i32, batch: Batch<'_>) -> Result<Outcome, ConsumerError> {
-        for (op, &offset) in batch.ops.iter().zip(batch.offsets) {
-            super::call_handler(topic, partition, offset, self.app.handle_message(op)).await?;
+        for ((op, &offset), &snapshot) in batch.ops.iter().zip(batch.offsets).zip(batch.snapshots) {
+            super::call_handler(topic, partition, offset, snapshot, self.app.handle_message(op)).await?;
         }
         Ok(Outcome { applied: batch.ops.len() as u64, duplicates: 0 })
     }
@@ -68,6 +68,8 @@ pub(crate) struct Batch<'a> {
     pub(crate) offsets: &'a [i64],
     pub(crate) ops: &'a [ReplicationOp],
     pub(crate) origins: &'a [Option<Origin>],
+    /// The snapshot kind each record's header names (`None` for streamed changes).
+    pub(crate) snapshots: &'a [Option<SnapshotKind>],
 }
 
 /// How a batch ended in [`RetryingProcessor::process`].

@@ -174,10 +174,16 @@ impl<F: ValueFormat> Encoder<F> {
             // Type, Origin and logical messages carry nothing pgkafka publishes.
             _ => return Ok(Encoded::Nothing),
         };
+        if self.routes.is_skipped(relation_id) {
+            return Ok(Encoded::Nothing);
+        }
         self.encode_change(relation_id, change, position).map(Encoded::Record)
     }
 
     fn add_relation(&mut self, relation: pgoutput::Relation, position: Lsn) -> Result<(), ProducerError> {
+        if self.routes.is_skipped(relation.id) {
+            return Ok(());
+        }
         let Some(route) = self.routes.for_relation(relation.id, &relation.namespace, &relation.name).cloned() else {
             return Err(self.unrouted(&relation, position));
         };

@@ -18,6 +18,7 @@ mod watermark;
 pub use error::ProducerError;
 pub use slot_guard::SlotMissingPolicy;
 pub use snapshot::backfill::{BackfillRun, BackfillSelector};
+pub use snapshot::SnapshotMode;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -118,6 +119,7 @@ pub(crate) struct ProducerConfig {
     pub(crate) reconnect_backoff_max: Duration,
     pub(crate) shutdown_timeout: Duration,
     pub(crate) backfill: snapshot::backfill::BackfillSettings,
+    pub(crate) snapshot: snapshot::Settings,
 }
 
 /// Shows no secret: the connection string's password and secret Kafka options are hidden.
@@ -139,6 +141,7 @@ impl std::fmt::Debug for ProducerConfig {
             .field("reconnect_backoff_max", &self.reconnect_backoff_max)
             .field("shutdown_timeout", &self.shutdown_timeout)
             .field("backfill", &self.backfill)
+            .field("snapshot", &self.snapshot)
             .finish()
     }
 }
@@ -216,6 +219,7 @@ impl Producer {
                 reconnect_backoff_max: Duration::from_secs(30),
                 shutdown_timeout: Duration::from_secs(30),
                 backfill: snapshot::backfill::BackfillSettings::default(),
+                snapshot: snapshot::Settings::default(),
             },
             shutdown: CancellationToken::new(),
         }
@@ -247,7 +251,7 @@ impl Producer {
         let connection = startup::validate(config)?;
         let sink = Arc::new(Sink::new(config)?);
         let checked = async {
-            let (client, routes) = startup::preflight(config, &connection, &sink, Attempt::First).await?;
+            let (client, routes) = startup::preflight(config, &connection, &sink, Attempt::First, false).await?;
             let slot = slot::inspect(&client, &config.slot_name, Attempt::First).await?;
             Ok::<_, Failure>((routes, slot))
         };
@@ -411,6 +415,39 @@ impl ProducerBuilder {
     #[must_use]
     pub fn shutdown_timeout(mut self, timeout: Duration) -> Self {
         self.config.shutdown_timeout = timeout;
+        self
+    }
+
+    /// Whether the producer first publishes every existing row of the published tables when it
+    /// creates its slot (default [`SnapshotMode::Never`]; see the README's "Snapshots").
+    #[must_use]
+    pub fn snapshot(mut self, mode: SnapshotMode) -> Self {
+        self.config.snapshot.mode = mode;
+        self
+    }
+
+    /// The table in the source database that records snapshot progress (default
+    /// `public.pgkafka_snapshots`; `schema.table`, or a bare name for `public`). It is created
+    /// only when snapshots are enabled, and never streamed.
+    #[must_use]
+    pub fn snapshot_table(mut self, table: impl Into<String>) -> Self {
+        self.config.snapshot.table = table.into();
+        self
+    }
+
+    /// How many rows a snapshot reads per query (default 10,000): each chunk is one short query
+    /// in key order, and progress is recorded per acknowledged chunk.
+    #[must_use]
+    pub fn snapshot_chunk_rows(mut self, rows: usize) -> Self {
+        self.config.snapshot.chunk_rows = rows.max(1);
+        self
+    }
+
+    /// How many connections read tables in parallel during a snapshot (default 1), all in the
+    /// same exported snapshot. Rows are still sent one chunk at a time.
+    #[must_use]
+    pub fn snapshot_readers(mut self, readers: usize) -> Self {
+        self.config.snapshot.readers = readers.max(1);
         self
     }
 

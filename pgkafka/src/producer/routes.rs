@@ -26,6 +26,8 @@ pub(crate) struct TableRoute {
 pub(crate) struct Routes {
     by_table: HashMap<(String, String), Arc<TableRoute>>,
     by_oid: HashMap<u32, Arc<TableRoute>>,
+    /// Published tables that are never streamed (the snapshot control table), by OID.
+    skipped: Vec<u32>,
 }
 
 impl Routes {
@@ -38,6 +40,20 @@ impl Routes {
     /// renamed since still finds its route; by name for a relation the catalog did not list.
     pub(crate) fn for_relation(&self, oid: u32, schema: &str, table: &str) -> Option<&Arc<TableRoute>> {
         self.by_oid.get(&oid).or_else(|| self.get(schema, table))
+    }
+
+    /// Whether changes of this relation are never streamed: the snapshot control table, should
+    /// a publication `FOR ALL TABLES` include it.
+    pub(crate) fn is_skipped(&self, oid: u32) -> bool {
+        self.skipped.contains(&oid)
+    }
+
+    /// The schema, table and route of the table records name `table_name`.
+    pub(crate) fn named(&self, table_name: &str) -> Option<(&str, &str, &Arc<TableRoute>)> {
+        self.by_table
+            .iter()
+            .find(|(_, route)| route.table_name == table_name)
+            .map(|((schema, table), route)| (schema.as_str(), table.as_str(), route))
     }
 
     /// Every route, ordered by table name.
@@ -204,7 +220,19 @@ pub(crate) fn report(problems: &[Problem]) -> String {
 /// Checks the server settings, the publication and every table against the topic map, and
 /// returns the routes. All problems are reported together; the server settings and the
 /// publication's existence first, as nothing else can be judged without them.
+#[cfg(test)]
 pub(crate) fn resolve(topic_map: &HashMap<String, TopicInfo>, catalog: &Catalog) -> Result<Routes, Vec<Problem>> {
+    resolve_skipping(topic_map, catalog, |_, _| false)
+}
+
+/// [`resolve`], where the published tables `never_streamed(schema, table)` names get no route
+/// and need no topic-map entry: their changes are skipped (the snapshot control table, which a
+/// publication `FOR ALL TABLES` includes).
+pub(crate) fn resolve_skipping(
+    topic_map: &HashMap<String, TopicInfo>,
+    catalog: &Catalog,
+    never_streamed: impl Fn(&str, &str) -> bool,
+) -> Result<Routes, Vec<Problem>> {
     let mut problems = Vec::new();
     if catalog.wal_level != "logical" {
         problems.push(Problem::WalLevel { actual: catalog.wal_level.clone() });
@@ -257,6 +285,10 @@ pub(crate) fn resolve(topic_map: &HashMap<String, TopicInfo>, catalog: &Catalog)
 
     let mut routes = Routes::default();
     for (index, table) in published.iter().enumerate() {
+        if never_streamed(&table.schema, &table.table) && !entry_of.contains_key(&index) {
+            routes.skipped.push(table.oid);
+            continue;
+        }
         let Some((_, info)) = entry_of.get(&index) else {
             problems.push(Problem::Unmapped { table: TableRef::of(table), publication: publication.clone() });
             continue;
@@ -374,6 +406,22 @@ mod tests {
 
     fn problems(topic_map: &HashMap<String, TopicInfo>, catalog: &Catalog) -> Vec<String> {
         resolve(topic_map, catalog).unwrap_err().iter().map(ToString::to_string).collect()
+    }
+
+    /// A publication FOR ALL TABLES includes the snapshot control table: it needs no topic-map
+    /// entry and its changes are skipped; without the rule it is an unmapped table.
+    #[test]
+    fn the_snapshot_control_table_is_never_streamed() {
+        let control = table("public", "pgkafka_snapshots");
+        let oid = control.oid;
+        let catalog = catalog(vec![table("public", "orders"), control]);
+        let topic_map = map(&[("orders", "t1", &[])]);
+        let routes =
+            resolve_skipping(&topic_map, &catalog, |schema, table| (schema, table) == ("public", "pgkafka_snapshots")).unwrap();
+        assert!(routes.is_skipped(oid));
+        assert!(routes.get("public", "pgkafka_snapshots").is_none());
+        assert_eq!(routes.topics(), ["t1"]);
+        assert!(problems(&topic_map, &catalog).iter().any(|p| p.contains("pgkafka_snapshots")));
     }
 
     #[test]

@@ -18,7 +18,9 @@ use super::slot_guard::SessionStart;
 use super::snapshot::backfill::{self, BackfillTask, Backfills};
 use super::startup;
 use super::watermark::TxId;
-use super::{ProducerConfig, ProducerError, TruncatePolicy};
+use super::routes::Routes;
+use super::snapshot::initial::Prepared;
+use super::{ProducerConfig, ProducerError, SnapshotMode, TruncatePolicy};
 use crate::metrics::{
     PRODUCER_BYTES_PRODUCED, PRODUCER_CONFIRMED_LSN, PRODUCER_IN_FLIGHT, PRODUCER_RECORDS_PRODUCED,
     PRODUCER_REPLICATION_LAG,
@@ -60,7 +62,7 @@ pub(crate) async fn run(
         opened = tokio::time::timeout(startup::TIMEOUT, startup::open_stream(config, connection, sink, start)) => opened,
         () = shutdown.cancelled() => return Ok(()),
     };
-    let startup::Stream { routes, mut replication, confirmed, origin } = opened.map_err(|_| {
+    let startup::Stream { routes, mut replication, confirmed, origin, snapshot } = opened.map_err(|_| {
         Failure::postgres(
             format!("connecting to {} and checking it took longer than {:?}", connection.redacted, startup::TIMEOUT),
             attempt,
@@ -77,6 +79,8 @@ pub(crate) async fn run(
     } else {
         (None, None)
     };
+    let gated = snapshot.is_some();
+    let snapshot = snapshot.map(|prepared| (prepared, routes.clone()));
     let mut session = Session {
         config,
         sink,
@@ -87,17 +91,36 @@ pub(crate) async fn run(
         backfills,
         meters: Meters::new(&config.slot_name),
         last_wal_end: confirmed,
+        snapshot,
+        snapshot_only_done: false,
+    };
+    let mut started = !gated;
+    let streamed = async {
+        // A snapshot at the slot's own position is read before the stream starts.
+        if session.snapshot_due(confirmed) {
+            if let Next::Shutdown = session.run_snapshot(shutdown).await? {
+                return Ok(());
+            }
+        }
+        if gated {
+            startup::start(&mut replication, config, connection, attempt).await?;
+            started = true;
+        }
+        session.stream(&mut replication, shutdown).await
     };
     let streamed = match backfill_task {
         Some(task) => tokio::select! {
-            streamed = session.stream(&mut replication, shutdown) => streamed,
+            streamed = streamed => streamed,
             () = task => Ok(()),
         },
-        None => session.stream(&mut replication, shutdown).await,
+        None => streamed.await,
     };
     match streamed {
         Ok(()) => {
-            session.finish(&mut replication).await;
+            session.finish(&mut replication, started).await;
+            if session.snapshot_only_done {
+                return drop_snapshot_slot(config, connection).await;
+            }
             Ok(())
         }
         Err(error) => {
@@ -105,6 +128,14 @@ pub(crate) async fn run(
             Err(error)
         }
     }
+}
+
+/// `snapshot = "initial_only"` is done: the slot would only keep WAL that nothing reads.
+async fn drop_snapshot_slot(config: &ProducerConfig, connection: &ConnectionInfo) -> Result<(), Failure> {
+    let client = connection.connect().await.map_err(|e| Failure::retry(format!("connecting to {}: {e}", connection.redacted)))?;
+    super::slot::drop_slot(&client, &config.slot_name).await.map_err(Failure::retry)?;
+    tracing::info!(slot = %config.slot_name, "initial snapshot published; dropped the slot (snapshot = \"initial_only\")");
+    Ok(())
 }
 
 struct Session<'a> {
@@ -121,6 +152,10 @@ struct Session<'a> {
     backfills: Option<Backfills>,
     meters: Meters,
     last_wal_end: Lsn,
+    /// An initial snapshot to publish when the stream reaches its point, with the routes.
+    snapshot: Option<(Prepared, Routes)>,
+    /// The snapshot of `snapshot = "initial_only"` is published: the session ends.
+    snapshot_only_done: bool,
 }
 
 /// Whether the session goes on after an event.
@@ -130,6 +165,24 @@ enum Next {
 }
 
 impl Session<'_> {
+    /// Whether the stream has reached the pending snapshot's point.
+    fn snapshot_due(&self, position: Lsn) -> bool {
+        self.snapshot.as_ref().is_some_and(|(prepared, _)| position >= prepared.at())
+    }
+
+    /// Publishes the pending snapshot (every earlier change is in the sink already).
+    async fn run_snapshot(&mut self, shutdown: &CancellationToken) -> Result<Next, Failure> {
+        let Some((prepared, routes)) = self.snapshot.take() else { return Ok(Next::Continue) };
+        if !prepared.run(&routes, self.sink, &self.headers, shutdown).await? {
+            return Ok(Next::Shutdown);
+        }
+        if self.config.snapshot.mode == SnapshotMode::InitialOnly {
+            self.snapshot_only_done = true;
+            return Ok(Next::Shutdown);
+        }
+        Ok(Next::Continue)
+    }
+
     async fn stream(&mut self, replication: &mut ReplicationClient, shutdown: &CancellationToken) -> Result<(), Failure> {
         let mut status = tokio::time::interval(self.config.status_interval.min(Duration::from_secs(1)));
         status.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -188,6 +241,12 @@ impl Session<'_> {
             ReplicationEvent::Begin { final_lsn, commit_time_micros, xid } => {
                 let commit_lsn = Lsn(final_lsn.as_u64());
                 self.xid = xid;
+                // Transactions committed before the snapshot's point are in Kafka; it goes first.
+                if self.snapshot_due(commit_lsn) {
+                    if let Next::Shutdown = self.run_snapshot(shutdown).await? {
+                        return Ok(Next::Shutdown);
+                    }
+                }
                 self.tx = Some(self.sink.begin(commit_lsn));
                 self.encoder.begin(commit_lsn, commit_time_micros);
             }
@@ -205,6 +264,11 @@ impl Session<'_> {
             ReplicationEvent::KeepAlive { wal_end, .. } => {
                 let wal_end = Lsn(wal_end.as_u64());
                 self.saw_wal_end(wal_end);
+                if self.tx.is_none() && self.snapshot_due(wal_end) {
+                    if let Next::Shutdown = self.run_snapshot(shutdown).await? {
+                        return Ok(Next::Shutdown);
+                    }
+                }
                 if self.tx.is_none() {
                     self.sink.idle_at(wal_end);
                 }
@@ -254,7 +318,7 @@ impl Session<'_> {
     }
 
     /// Graceful end: wait for Kafka to acknowledge what is in flight, confirm it, and close.
-    async fn finish(&mut self, replication: &mut ReplicationClient) {
+    async fn finish(&mut self, replication: &mut ReplicationClient, started: bool) {
         let drained = self.sink.drain(tokio::time::sleep(self.config.shutdown_timeout)).await;
         let (confirmed, in_flight) = self.sink.progress();
         if !drained {
@@ -262,6 +326,13 @@ impl Session<'_> {
                 in_flight,
                 "Kafka did not acknowledge everything within the shutdown timeout; the rest will be re-sent on restart"
             );
+        }
+        if !started {
+            // A session gated for its snapshot sends no status: nothing went past the snapshot's
+            // point, which the slot was created at or confirmed to before.
+            replication.abort();
+            tracing::info!(confirmed = %confirmed, slot = %self.config.slot_name, "producer stopped");
+            return;
         }
         let target = pgwire_replication::Lsn::from_u64(confirmed.0);
         replication.update_applied_lsn(target);

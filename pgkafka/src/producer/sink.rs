@@ -402,6 +402,23 @@ impl Sink {
         }
     }
 
+    /// Whether transaction `tx` and every one before it are committed and acknowledged.
+    pub(crate) fn settled(&self, tx: TxId) -> bool {
+        self.shared.watermark().settled(tx)
+    }
+
+    /// Waits until transaction `tx` is [settled](Self::settled), or a delivery failed.
+    pub(crate) async fn wait_settled(&self, tx: TxId) -> Result<(), Failure> {
+        loop {
+            let notified = self.shared.progress.notified();
+            self.check_failure()?;
+            if self.settled(tx) {
+                return Ok(());
+            }
+            notified.await;
+        }
+    }
+
     /// The position that may be confirmed to the slot, and the records in flight.
     pub(crate) fn progress(&self) -> (Lsn, u64) {
         let watermark = self.shared.watermark();

@@ -42,11 +42,7 @@ impl SlotState {
 /// Creates the slot (pgoutput; a failover slot on PostgreSQL 17+ when `failover`). Callers ask
 /// [`slot_guard::on_missing`] first: a new slot skips everything before the current WAL end.
 pub(crate) async fn create(client: &Client, slot: &str, failover: bool, attempt: Attempt) -> Result<SlotState, Failure> {
-    let version: i32 = client
-        .query_one("SELECT current_setting('server_version_num')::int", &[])
-        .await
-        .map_err(|e| Failure::postgres(format!("reading the server version: {e}"), attempt))?
-        .get(0);
+    let version = server_version(client, attempt).await?;
     let created = client.query_opt(slot_guard::create_slot_sql(version, failover), &[&slot]).await;
     match created {
         Ok(_) => tracing::info!(slot, failover = failover && version >= 170_000, "created logical replication slot (pgoutput)"),
@@ -65,6 +61,29 @@ pub(crate) async fn create(client: &Client, slot: &str, failover: bool, attempt:
     inspect(client, slot, attempt).await?.ok_or_else(|| {
         Failure::postgres(format!("replication slot {slot} vanished right after it was created"), attempt)
     })
+}
+
+/// `server_version_num`, e.g. 150004.
+pub(crate) async fn server_version(client: &Client, attempt: Attempt) -> Result<i32, Failure> {
+    Ok(client
+        .query_one("SELECT current_setting('server_version_num')::int", &[])
+        .await
+        .map_err(|e| Failure::postgres(format!("reading the server version: {e}"), attempt))?
+        .get(0))
+}
+
+/// Drops the slot, waiting up to 10 s for the session that streamed from it to release it.
+pub(crate) async fn drop_slot(client: &Client, slot: &str) -> Result<(), String> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match client.execute("SELECT pg_catalog.pg_drop_replication_slot($1)", &[&slot]).await {
+            Ok(_) => return Ok(()),
+            Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::OBJECT_IN_USE) && std::time::Instant::now() < deadline => {
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            Err(e) => return Err(format!("dropping replication slot {slot}: {e}")),
+        }
+    }
 }
 
 /// The slot's state, or `None` if it does not exist; an error if it cannot serve the producer.

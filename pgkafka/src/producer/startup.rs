@@ -16,6 +16,8 @@ use super::error::{Attempt, Failure};
 use super::routes::{self, Routes};
 use super::sink::Sink;
 use super::slot_guard::{self, SessionStart};
+use super::snapshot::control::RunKind;
+use super::snapshot::initial::{self, Prepared};
 use super::{catalog, slot, ProducerConfig, ProducerError, SlotInUsePolicy};
 
 /// The checks that need no server, and the parsed connection string.
@@ -45,13 +47,32 @@ pub(crate) async fn preflight(
     connection: &ConnectionInfo,
     sink: &Arc<Sink>,
     attempt: Attempt,
+    create_control_table: bool,
 ) -> Result<(Client, Routes), Failure> {
     let client = connection.connect().await.map_err(|e| connect_failure(&e, connection, attempt))?;
+    // The snapshot control table exists before the catalog is read, so a publication FOR ALL
+    // TABLES shows it and the routes skip it.
+    let control = match config.snapshot.enabled() || config.backfill.enabled {
+        true => {
+            let control = initial::control_table(&config.snapshot)?;
+            if create_control_table {
+                control.ensure(&client).await.map_err(|e| Failure::postgres(e, attempt))?;
+            }
+            Some(control)
+        }
+        false => None,
+    };
     let catalog = catalog::fetch(&client, &config.publication_name)
         .await
         .map_err(|e| Failure::retry(format!("checking the database: {e}")))?;
-    let routes = routes::resolve(&config.topic_map, &catalog)
-        .map_err(|problems| ProducerError::Schema(routes::report(&problems)))?;
+    let routes = routes::resolve_skipping(&config.topic_map, &catalog, |schema, table| {
+        control.as_ref().is_some_and(|control| control.is(schema, table))
+    })
+    .map_err(|problems| ProducerError::Schema(routes::report(&problems)))?;
+    // A backfill refuses only its own table without a primary key, when it is asked for.
+    if config.snapshot.enabled() {
+        initial::check_primary_keys(&catalog, &routes)?;
+    }
     if attempt == Attempt::First {
         sink.check_topics(routes.topics(), config.brokers.clone()).await?;
     }
@@ -92,6 +113,9 @@ pub(crate) struct Stream {
     pub(crate) replication: ReplicationClient,
     /// Where the slot resumes: everything before it is in Kafka.
     pub(crate) confirmed: Lsn,
+    /// An initial snapshot to publish when the stream reaches its point. While there is one,
+    /// the replication session has not started: [`start`] starts it.
+    pub(crate) snapshot: Option<Prepared>,
 }
 
 /// The preflight, then the slot (created if missing) and the replication connection.
@@ -102,7 +126,19 @@ pub(crate) async fn open_stream(
     start: SessionStart,
 ) -> Result<Stream, Failure> {
     let attempt = start.attempt();
-    let (client, routes) = preflight(config, connection, sink, attempt).await?;
+    let (client, routes) = preflight(config, connection, sink, attempt, true).await?;
+    let failed = |error: PgWireError| replication_failure(&error, config, connection, attempt);
+    let replication_config = |slot: &str, confirmed: Lsn| {
+        connection
+            .replication_config(slot, &config.publication_name)
+            .with_ack_lsn(pgwire_replication::Lsn::from_u64(confirmed.0))
+            .with_status_interval(config.status_interval)
+            .with_wakeup_interval(Duration::from_secs(5))
+            .with_buffer_size(1024)
+    };
+    let control = if config.snapshot.enabled() { Some(initial::control_table(&config.snapshot)?) } else { None };
+    // A slot created here with an exported snapshot, on the session that will stream from it.
+    let mut created: Option<(ReplicationClient, initial::Exported)> = None;
     let slot = match slot::inspect(&client, &config.slot_name, attempt).await? {
         Some(slot) => slot,
         None => {
@@ -112,23 +148,53 @@ pub(crate) async fn open_stream(
                 SessionStart::Resumed { .. } => Vec::new(),
             };
             slot_guard::on_missing(&config.slot_name, start, config.slot_missing_policy, &evidence)?;
-            slot::create(&client, &config.slot_name, config.slot_failover, attempt).await?
+            match &control {
+                None => slot::create(&client, &config.slot_name, config.slot_failover, attempt).await?,
+                Some(control) => {
+                    // The runs are requested before the slot exists: a slot without them would
+                    // stream without its snapshot after a crash in between.
+                    initial::request(&client, control, &config.slot_name, &routes, attempt).await?;
+                    let failover = config.slot_failover && slot::server_version(&client, attempt).await? >= 170_000;
+                    let mut replication =
+                        ReplicationClient::connect_gated(replication_config(&config.slot_name, Lsn(0))).await.map_err(failed)?;
+                    let command = initial::create_slot_command(&config.slot_name, false, failover);
+                    let exported = initial::export(&mut replication, &command, &config.slot_name, attempt).await?;
+                    created = Some((replication, exported));
+                    slot::inspect(&client, &config.slot_name, attempt).await?.ok_or_else(|| {
+                        Failure::postgres(format!("replication slot {} vanished right after it was created", config.slot_name), attempt)
+                    })?
+                }
+            }
         }
     };
     slot.usable(&config.slot_name)?;
-    if let Some(pid) = slot.active_pid {
+    if let (Some(pid), None) = (slot.active_pid, &created) {
         return Err(slot_in_use(config, Some(pid)));
     }
-    let replication_config = connection
-        .replication_config(&config.slot_name, &config.publication_name)
-        .with_ack_lsn(pgwire_replication::Lsn::from_u64(slot.confirmed_flush.0))
-        .with_status_interval(config.status_interval)
-        .with_wakeup_interval(Duration::from_secs(5))
-        .with_buffer_size(1024);
-    let failed = |error: PgWireError| replication_failure(&error, config, connection, attempt);
-    let mut replication = ReplicationClient::connect_gated(replication_config).await.map_err(failed)?;
+    let (mut replication, snapshot) = match (created, control) {
+        (Some((replication, exported)), Some(control)) => {
+            // Imported before any other command on the session, which would end the export.
+            let readers = initial::import(connection, &exported, config.snapshot.readers, attempt).await?;
+            let runs = control.claim(&client, &config.slot_name, RunKind::Initial).await.map_err(|e| Failure::postgres(e, attempt))?;
+            replication.update_applied_lsn(pgwire_replication::Lsn::from_u64(exported.at.0));
+            let prepared = Prepared::new(exported.at, readers, runs, control, client, config.snapshot.chunk_rows);
+            (replication, Some(prepared))
+        }
+        (_, control) => {
+            let snapshot = match control {
+                Some(control) => initial::resume(config, connection, &client, control, &slot, attempt).await?,
+                None => None,
+            };
+            let replication =
+                ReplicationClient::connect_gated(replication_config(&config.slot_name, slot.confirmed_flush)).await.map_err(failed)?;
+            (replication, snapshot)
+        }
+    };
+    let confirmed = slot.confirmed_flush;
     let identity = replication.identify_system().await.map_err(failed)?;
-    replication.start().await.map_err(failed)?;
+    if snapshot.is_none() {
+        replication.start().await.map_err(failed)?;
+    }
     let origin = Origin { system_id: identity.system_id, timeline: identity.timeline };
     tracing::info!(
         slot = %config.slot_name,
@@ -139,7 +205,17 @@ pub(crate) async fn open_stream(
         database = %connection.redacted,
         "streaming from the replication slot"
     );
-    Ok(Stream { origin, routes, replication, confirmed: slot.confirmed_flush })
+    Ok(Stream { origin, routes, replication, confirmed, snapshot })
+}
+
+/// Starts streaming on a session [`open_stream`] left gated for its snapshot.
+pub(crate) async fn start(
+    replication: &mut ReplicationClient,
+    config: &ProducerConfig,
+    connection: &ConnectionInfo,
+    attempt: Attempt,
+) -> Result<(), Failure> {
+    replication.start().await.map_err(|error| replication_failure(&error, config, connection, attempt))
 }
 
 fn slot_in_use(config: &ProducerConfig, pid: Option<i32>) -> Failure {

@@ -116,6 +116,12 @@ impl Watermark {
         self.open.is_empty()
     }
 
+    /// Whether `tx` is committed and all of its messages, and those of every earlier
+    /// transaction, are acknowledged (it left the ledger).
+    pub(crate) fn settled(&self, tx: TxId) -> bool {
+        tx < self.first_id
+    }
+
     fn get_mut(&mut self, tx: TxId) -> Option<&mut TxProgress> {
         let index = usize::try_from(tx.checked_sub(self.first_id)?).ok()?;
         self.open.get_mut(index)

@@ -9,6 +9,11 @@ use sqlx::{Postgres, Transaction};
 
 use crate::ConsumerError;
 
+/// Whether the op being handled is a snapshot row (its record's `pgkafka.snapshot` header).
+fn is_snapshot() -> bool {
+    crate::consumer::current_message().is_some_and(|message| message.snapshot.is_some())
+}
+
 /// Handles the changes of table `T` for a [`Router`](super::Router) run by the basic consumer.
 ///
 /// Implement [`handle`](Self::handle) to see every change with its position (`lsn`, `seq_id`),
@@ -38,9 +43,11 @@ pub trait TableHandler<T>: Send + Sync + 'static
 where
     T: ReplicatedTable + Send + 'static,
 {
-    /// Handles one change. By default calls `insert`, `update` or `delete`.
+    /// Handles one change. By default calls `snapshot` (a snapshot row), `insert`, `update` or
+    /// `delete`.
     async fn handle(&self, op: TypedOp<T>) -> Result<(), ConsumerError> {
         match op.change {
+            Change::Insert(row) if is_snapshot() => self.snapshot(row).await,
             Change::Insert(row) => self.insert(row).await,
             Change::Update { old, new } => self.update(old, new).await,
             Change::Delete(row) => self.delete(row).await,
@@ -51,6 +58,13 @@ where
     async fn insert(&self, row: T) -> Result<(), ConsumerError> {
         let _ = row;
         Ok(())
+    }
+
+    /// A row of a snapshot (initial or backfill, see
+    /// [`MessageInfo::snapshot`](crate::consumer::MessageInfo::snapshot)): a row that existed,
+    /// not one just inserted. Calls `insert` unless implemented.
+    async fn snapshot(&self, row: T) -> Result<(), ConsumerError> {
+        self.insert(row).await
     }
 
     /// A row was updated. Does nothing unless implemented.
@@ -101,9 +115,11 @@ pub trait IdempotentTableHandler<T>: Send + Sync + 'static
 where
     T: ReplicatedTable + Send + 'static,
 {
-    /// Handles one change inside `tx`. By default calls `insert`, `update` or `delete`.
+    /// Handles one change inside `tx`. By default calls `snapshot` (a snapshot row), `insert`,
+    /// `update` or `delete`.
     async fn handle(&self, tx: &mut Transaction<'_, Postgres>, op: TypedOp<T>) -> Result<(), ConsumerError> {
         match op.change {
+            Change::Insert(row) if is_snapshot() => self.snapshot(tx, row).await,
             Change::Insert(row) => self.insert(tx, row).await,
             Change::Update { old, new } => self.update(tx, old, new).await,
             Change::Delete(row) => self.delete(tx, row).await,
@@ -114,6 +130,13 @@ where
     async fn insert(&self, tx: &mut Transaction<'_, Postgres>, row: T) -> Result<(), ConsumerError> {
         let _ = (tx, row);
         Ok(())
+    }
+
+    /// A row of a snapshot (initial or backfill, see
+    /// [`MessageInfo::snapshot`](crate::consumer::MessageInfo::snapshot)). Calls `insert` unless
+    /// implemented.
+    async fn snapshot(&self, tx: &mut Transaction<'_, Postgres>, row: T) -> Result<(), ConsumerError> {
+        self.insert(tx, row).await
     }
 
     /// A row was updated. Does nothing unless implemented.

@@ -45,8 +45,7 @@ use crate::producer::{Producer, ProducerBuilder, ProducerConfig, ProducerError};
 /// The prefix of pgkafka's logical messages.
 pub(crate) const MESSAGE_PREFIX: &str = "pgkafka";
 
-/// The header marking snapshot rows, and its value for backfill rows.
-const SNAPSHOT_HEADER: &str = "pgkafka.snapshot";
+/// The value of the snapshot header on backfill rows.
 const SNAPSHOT_BACKFILL: &str = "backfill";
 
 /// How often the control table is polled for new backfills.
@@ -69,7 +68,8 @@ impl Default for BackfillSettings {
 
 impl ProducerBuilder {
     /// Runs the backfills requested for this slot while streaming (default off): the producer
-    /// polls the control table (`public.pgkafka_snapshots`, created if missing) every second and
+    /// polls the control table (`snapshot_table`, default `public.pgkafka_snapshots`, created if
+    /// missing) every second and
     /// publishes each requested table's rows as snapshot records consistent with the stream.
     /// Request one with [`Producer::request_backfill`] or `pgkafka backfill --table t`.
     #[must_use]
@@ -163,8 +163,10 @@ impl Producer {
         let catalog = crate::producer::catalog::fetch(&client, &self.config.publication_name)
             .await
             .map_err(|e| ProducerError::Postgres(format!("reading the publication: {e}")))?;
-        let routes = crate::producer::routes::resolve(&self.config.topic_map, &catalog)
-            .map_err(|problems| ProducerError::Config(crate::producer::routes::report(&problems)))?;
+        let routes = crate::producer::routes::resolve_skipping(&self.config.topic_map, &catalog, |schema, table| {
+            control.is(schema, table)
+        })
+        .map_err(|problems| ProducerError::Config(crate::producer::routes::report(&problems)))?;
         let streamed: Vec<String> = routes.all().map(|r| r.table_name.clone()).collect();
         let wanted = if tables.is_empty() {
             streamed
@@ -240,9 +242,9 @@ impl Producer {
     }
 }
 
-/// The control table of a producer.
-pub(crate) fn control_table(_config: &ProducerConfig) -> Result<ControlTable, ProducerError> {
-    ControlTable::new(super::control::DEFAULT_TABLE).map_err(ProducerError::Config)
+/// The control table of a producer (`snapshot_table`).
+pub(crate) fn control_table(config: &ProducerConfig) -> Result<ControlTable, ProducerError> {
+    super::initial::control_table(&config.snapshot)
 }
 
 /// Which watermark of a chunk.
@@ -336,7 +338,7 @@ impl Backfills {
     /// `origin_headers` and the snapshot marker.
     pub(crate) fn new(slot: &str, inbox: mpsc::UnboundedReceiver<Signal>, origin_headers: &OwnedHeaders) -> Self {
         let headers =
-            origin_headers.clone().insert(Header { key: SNAPSHOT_HEADER, value: Some(SNAPSHOT_BACKFILL.as_bytes()) });
+            origin_headers.clone().insert(Header { key: pgkafka_common::headers::SNAPSHOT, value: Some(SNAPSHOT_BACKFILL.as_bytes()) });
         Self { slot: slot.to_owned(), inbox, watched: HashMap::new(), headers }
     }
 

@@ -170,6 +170,27 @@ impl ChunkReader {
         Ok(Self { query, first, next, limit: limit.max(1) })
     }
 
+    /// [`prepare`](Self::prepare) for the columns pgoutput sends of `schema.table`: every live
+    /// column but generated ones, in table order.
+    ///
+    /// # Errors
+    /// A message naming the table: no primary key, or a database error.
+    pub(crate) async fn for_table(client: &Client, schema: &str, table: &str, limit: usize) -> Result<Self, String> {
+        let columns = client
+            .query(
+                "SELECT a.attname::text FROM pg_catalog.pg_attribute a \
+                 WHERE a.attrelid = CAST($1::text AS regclass) AND a.attnum > 0 AND NOT a.attisdropped \
+                 AND a.attgenerated = '' ORDER BY a.attnum",
+                &[&qualified(schema, table)],
+            )
+            .await
+            .map_err(|e| format!("reading the columns of table {}: {e}", table_name(schema, table)))?
+            .iter()
+            .map(|row| row.get(0))
+            .collect();
+        Self::prepare(client, schema, table, columns, limit).await
+    }
+
     /// The table's queries.
     pub(crate) fn query(&self) -> &TableQuery {
         &self.query
@@ -249,8 +270,7 @@ mod tests {
 
     #[test]
     fn identifiers_are_quoted_and_schemas_qualified() {
-        let query =
-            TableQuery::new("Sales", "odd\"name", vec!["select".into()], vec![key("select", "text")]).unwrap();
+        let query = TableQuery::new("Sales", "odd\"name", vec!["select".into()], vec![key("select", "text")]).unwrap();
         assert_eq!(query.table_name(), "Sales.odd\"name");
         let sql = query.next_sql();
         assert!(sql.contains("FROM \"Sales\".\"odd\"\"name\" WHERE (\"select\") > (CAST($1::text AS text))"), "{sql}");

@@ -69,7 +69,9 @@ impl RunState {
     }
 
     fn parse(text: &str) -> Option<Self> {
-        [Self::Pending, Self::Running, Self::Done, Self::Cancelled, Self::Failed].into_iter().find(|s| s.as_str() == text)
+        [Self::Pending, Self::Running, Self::Done, Self::Cancelled, Self::Failed]
+            .into_iter()
+            .find(|s| s.as_str() == text)
     }
 
     /// Whether the run still has work to do.
@@ -185,7 +187,13 @@ impl ControlTable {
     ///
     /// # Errors
     /// The database error.
-    pub(crate) async fn enqueue(&self, client: &Client, slot: &str, tables: &[String], kind: RunKind) -> Result<Vec<i64>, String> {
+    pub(crate) async fn enqueue(
+        &self,
+        client: &Client,
+        slot: &str,
+        tables: &[String],
+        kind: RunKind,
+    ) -> Result<Vec<i64>, String> {
         let rows = client
             .query(
                 &format!(
@@ -227,7 +235,13 @@ impl ControlTable {
     ///
     /// # Errors
     /// The database error.
-    pub(crate) async fn progress(&self, client: &Client, id: i64, last_key: &[String], rows: i64) -> Result<bool, String> {
+    pub(crate) async fn progress(
+        &self,
+        client: &Client,
+        id: i64,
+        last_key: &[String],
+        rows: i64,
+    ) -> Result<bool, String> {
         let updated = client
             .execute(
                 &format!(
@@ -246,7 +260,13 @@ impl ControlTable {
     ///
     /// # Errors
     /// The database error.
-    pub(crate) async fn finish(&self, client: &Client, id: i64, state: RunState, error: Option<&str>) -> Result<(), String> {
+    pub(crate) async fn finish(
+        &self,
+        client: &Client,
+        id: i64,
+        state: RunState,
+        error: Option<&str>,
+    ) -> Result<(), String> {
         client
             .execute(
                 &format!(
