@@ -81,7 +81,8 @@ fn fold(records: &[&Record], key: &[&str], table: &str) -> Rows {
             };
             let version = row.as_ref().map(|r| r[ver_at].as_deref().unwrap().parse::<i64>().unwrap());
             if let Some(previous) = versions.get(&row_key) {
-                let context = format!("table {table}, partition {partition}, offset {}, key {row_key:?}", record.offset);
+                let context =
+                    format!("table {table}, partition {partition}, offset {}, key {row_key:?}", record.offset);
                 assert!(previous.is_some(), "a record after the row's delete: {context}: {op:?}");
                 if let (Some(previous), Some(version)) = (previous, version) {
                     assert!(version >= *previous, "the row went back from ver {previous} to {version}: {context}");
@@ -141,11 +142,8 @@ async fn hot_writer(table: String, key: Vec<&'static str>, run: i64, stop: Arc<A
     let columns = key.join(", ");
     let mut done = 0;
     while !stop.load(Ordering::Relaxed) {
-        let last: Option<Vec<String>> = pg
-            .query_one("SELECT last_key FROM public.pgkafka_snapshots WHERE id = $1", &[&run])
-            .await
-            .unwrap()
-            .get(0);
+        let last: Option<Vec<String>> =
+            pg.query_one("SELECT last_key FROM public.pgkafka_snapshots WHERE id = $1", &[&run]).await.unwrap().get(0);
         let after = match &last {
             Some(last) => format!("WHERE ({columns}) > ({})", last.join(", ")),
             None => String::new(),
@@ -167,7 +165,9 @@ async fn hot_writer(table: String, key: Vec<&'static str>, run: i64, stop: Arc<A
             for row in next.iter().take(4) {
                 let filter: Vec<String> =
                     key.iter().enumerate().map(|(i, k)| format!("{k} = {}", row.get::<_, i64>(i))).collect();
-                pg.batch_execute(&format!("UPDATE {table} SET ver = ver + 1 WHERE {}", filter.join(" AND "))).await.unwrap();
+                pg.batch_execute(&format!("UPDATE {table} SET ver = ver + 1 WHERE {}", filter.join(" AND ")))
+                    .await
+                    .unwrap();
                 done += 1;
             }
         }
@@ -188,7 +188,11 @@ struct CopyApp {
 
 #[async_trait]
 impl IdempotentApplication for CopyApp {
-    async fn handle_message(&self, tx: &mut Transaction<'_, Postgres>, op: &ReplicationOp) -> Result<(), ConsumerError> {
+    async fn handle_message(
+        &self,
+        tx: &mut Transaction<'_, Postgres>,
+        op: &ReplicationOp,
+    ) -> Result<(), ConsumerError> {
         let key = &self.keys[&op.table_name];
         let (row_key, row) = match &op.op {
             Op::Insert(new) | Op::Update((_, new)) => (key_of(op, new, key), Some(new)),
@@ -274,7 +278,8 @@ async fn a_backfill_while_writing_survives_sigkills_and_folds_to_the_tables() {
     ];
     let mut sc = Scenario::new("p_bf", tables).await;
     sc.drop_at_cleanup(format!("SCHEMA {schema} CASCADE"));
-    let keys: HashMap<String, Vec<&'static str>> = HashMap::from([(a.clone(), vec!["org", "id"]), (b.clone(), vec!["id"])]);
+    let keys: HashMap<String, Vec<&'static str>> =
+        HashMap::from([(a.clone(), vec!["org", "id"]), (b.clone(), vec!["id"])]);
 
     let config = ChildConfig {
         database_url: env().database_url.clone(),
@@ -301,7 +306,9 @@ async fn a_backfill_while_writing_survives_sigkills_and_folds_to_the_tables() {
     assert_eq!(ids.len(), 2, "one backfill per streamed table");
     let hot: Vec<_> = [(&a, 0), (&b, 1)]
         .into_iter()
-        .map(|(table, i)| tokio::spawn(hot_writer(table.clone(), keys[table.as_str()].clone(), ids[i], Arc::clone(&stop))))
+        .map(|(table, i)| {
+            tokio::spawn(hot_writer(table.clone(), keys[table.as_str()].clone(), ids[i], Arc::clone(&stop)))
+        })
         .collect();
 
     // SIGKILL the producer twice while a backfill is running and has made progress.
@@ -382,13 +389,21 @@ async fn a_backfill_while_writing_survives_sigkills_and_folds_to_the_tables() {
                         Op::Update((old, new)) => vec![old[ver].clone(), new[ver].clone()],
                         Op::Delete(old) => vec![old[ver].clone()],
                     };
-                    format!("{}@{} ({}, {}) {kind} ver {vers:?}", r.partition, r.offset, pgkafka::Lsn(op.lsn), op.seq_id)
+                    format!(
+                        "{}@{} ({}, {}) {kind} ver {vers:?}",
+                        r.partition,
+                        r.offset,
+                        pgkafka::Lsn(op.lsn),
+                        op.seq_id
+                    )
                 })
                 .collect();
             panic!(
                 "table {table}: key {key:?} is {:?} in the table but {:?} in the folded topic; its records:\n{}",
                 row.iter().map(|v| v.as_deref().map(|v| &v[..v.len().min(20)])).collect::<Vec<_>>(),
-                folded.get(key).map(|r| r.iter().map(|v| v.as_deref().map(|v| &v[..v.len().min(20)])).collect::<Vec<_>>()),
+                folded
+                    .get(key)
+                    .map(|r| r.iter().map(|v| v.as_deref().map(|v| &v[..v.len().min(20)])).collect::<Vec<_>>()),
                 history.join("\n").chars().take(6000).collect::<String>()
             );
         }
@@ -397,12 +412,20 @@ async fn a_backfill_while_writing_survives_sigkills_and_folds_to_the_tables() {
 
     // A real idempotent consumer upserting every op ends equal to the source.
     let copy = unique_name("p_bf_copy");
-    sc.pg.batch_execute(&format!("CREATE TABLE {copy} (tbl text, k text, r text[], PRIMARY KEY (tbl, k))")).await.unwrap();
+    sc.pg
+        .batch_execute(&format!("CREATE TABLE {copy} (tbl text, k text, r text[], PRIMARY KEY (tbl, k))"))
+        .await
+        .unwrap();
     sc.drop_at_cleanup(format!("TABLE {copy}"));
     let state_table = unique_name("p_bf_state");
     sc.drop_at_cleanup(format!("TABLE IF EXISTS {state_table}"));
-    let consumer = Consumer::new(unique_name("p_bf_group"), sc.topics.clone(), env().brokers.clone(), CopyApp { copy: copy.clone(), keys: keys.clone() })
-        .state_table(state_table);
+    let consumer = Consumer::new(
+        unique_name("p_bf_group"),
+        sc.topics.clone(),
+        env().brokers.clone(),
+        CopyApp { copy: copy.clone(), keys: keys.clone() },
+    )
+    .state_table(state_table);
     let consuming = RunningConsumer::idempotent(consumer, &env().database_url);
     for table in [&a, &b] {
         let source = table_rows(&sc.pg, table, &keys[table.as_str()]).await;
@@ -448,7 +471,7 @@ async fn a_cancelled_backfill_stops() {
     let refused = control.request_backfill(&["no_such_table".to_owned()]).await.unwrap_err();
     assert!(refused.to_string().contains("no_such_table"), "{refused}");
 
-    let ids = control.request_backfill(&[t.clone()]).await.unwrap();
+    let ids = control.request_backfill(std::slice::from_ref(&t)).await.unwrap();
     let id = ids[0];
     wait_for("the backfill to make progress", Duration::from_secs(60), || async {
         runs(&control).await.iter().any(|r| r.id == id && r.rows_read >= 50).then_some(())

@@ -337,8 +337,9 @@ impl Backfills {
     /// The session's side for `slot`, receiving from the task through `inbox`; records carry
     /// `origin_headers` and the snapshot marker.
     pub(crate) fn new(slot: &str, inbox: mpsc::UnboundedReceiver<Signal>, origin_headers: &OwnedHeaders) -> Self {
-        let headers =
-            origin_headers.clone().insert(Header { key: pgkafka_common::headers::SNAPSHOT, value: Some(SNAPSHOT_BACKFILL.as_bytes()) });
+        let headers = origin_headers
+            .clone()
+            .insert(Header { key: pgkafka_common::headers::SNAPSHOT, value: Some(SNAPSHOT_BACKFILL.as_bytes()) });
         Self { slot: slot.to_owned(), inbox, watched: HashMap::new(), headers }
     }
 
@@ -354,7 +355,8 @@ impl Backfills {
     pub(crate) fn on_signal(&mut self, signal: Signal) {
         match signal {
             Signal::Watch { task, backfill, table, key_columns, watching } => {
-                self.watched.insert(table, Watched { task, backfill, key_columns, window: Window::new(), pending: None });
+                self.watched
+                    .insert(table, Watched { task, backfill, key_columns, window: Window::new(), pending: None });
                 let _ = watching.send(());
             }
             Signal::Chunk(chunk) => {
@@ -408,7 +410,8 @@ impl Backfills {
         while let Ok(signal) = self.inbox.try_recv() {
             self.on_signal(signal);
         }
-        let watched = self.watched.values_mut().find(|w| w.backfill == watermark.backfill && w.task == watermark.task)?;
+        let watched =
+            self.watched.values_mut().find(|w| w.backfill == watermark.backfill && w.task == watermark.task)?;
         match watermark.mark {
             Mark::Low => {
                 watched.window.low();
@@ -469,7 +472,8 @@ impl Backfills {
                     message: format!("cannot encode a backfill row of table {}: {e}", chunk.table),
                 })
             })?;
-            let record = Record { table_name: &chunk.table, topic: &chunk.topic, key: &key, value: &value, timestamp_ms };
+            let record =
+                Record { table_name: &chunk.table, topic: &chunk.topic, key: &key, value: &value, timestamp_ms };
             if !sink.send(tx, &record, &self.headers, shutdown).await? {
                 return Ok(false);
             }
@@ -549,7 +553,8 @@ impl<'a> BackfillTask<'a> {
         // Random per task (std's hasher keys are random per process and per `RandomState`).
         let id = std::hash::BuildHasher::hash_one(&std::collections::hash_map::RandomState::new(), slot);
         let next_chunk = std::sync::atomic::AtomicI64::new(1);
-        let task = Self { slot, id, next_chunk, connection, routes, sink, control, chunk_size: chunk_size.max(1), outbox };
+        let task =
+            Self { slot, id, next_chunk, connection, routes, sink, control, chunk_size: chunk_size.max(1), outbox };
         (task, Backfills::new(slot, inbox, origin_headers))
     }
 
@@ -571,16 +576,21 @@ impl<'a> BackfillTask<'a> {
                         tokio::time::sleep(POLL_INTERVAL).await;
                         continue;
                     }
-                    Err(message) => tracing::warn!(slot = %self.slot, error = %message, "backfill interrupted; retrying"),
+                    Err(message) => {
+                        tracing::warn!(slot = %self.slot, error = %message, "backfill interrupted; retrying")
+                    }
                 },
-                Err(message) => tracing::warn!(slot = %self.slot, error = %message, "backfills cannot reach the database; retrying"),
+                Err(message) => {
+                    tracing::warn!(slot = %self.slot, error = %message, "backfills cannot reach the database; retrying")
+                }
             }
             tokio::time::sleep(backoff.next_delay()).await;
         }
     }
 
     async fn open(&self) -> Result<Client, String> {
-        let client = self.connection.connect().await.map_err(|e| format!("connecting to {}: {e}", self.connection.redacted))?;
+        let client =
+            self.connection.connect().await.map_err(|e| format!("connecting to {}: {e}", self.connection.redacted))?;
         self.control.ensure(&client).await?;
         Ok(client)
     }
@@ -627,7 +637,10 @@ impl<'a> BackfillTask<'a> {
             columns
                 .iter()
                 .map(|c| {
-                    col_names.iter().position(|n| n == c).ok_or_else(|| Stop::Fail(format!("table {table} has no column {c:?}")))
+                    col_names
+                        .iter()
+                        .position(|n| n == c)
+                        .ok_or_else(|| Stop::Fail(format!("table {table} has no column {c:?}")))
                 })
                 .collect()
         };
@@ -639,11 +652,19 @@ impl<'a> BackfillTask<'a> {
         let meters = TableMeters::new(self.slot, table);
 
         let (watching, watched) = oneshot::channel();
-        self.send(Signal::Watch { task: self.id, backfill: run.id, table: table.clone(), key_columns: primary_key, watching })?;
+        self.send(Signal::Watch {
+            task: self.id,
+            backfill: run.id,
+            table: table.clone(),
+            key_columns: primary_key,
+            watching,
+        })?;
         watched.await.map_err(|_| Stop::Retry("the session ended".into()))?;
         match &run.last_key {
             None => tracing::info!(slot = %self.slot, table = %table, backfill = run.id, "backfill started"),
-            Some(key) => tracing::info!(slot = %self.slot, table = %table, backfill = run.id, after = ?key, rows_read = run.rows_read, "backfill resumed"),
+            Some(key) => {
+                tracing::info!(slot = %self.slot, table = %table, backfill = run.id, after = ?key, rows_read = run.rows_read, "backfill resumed")
+            }
         }
 
         let (mut last_key, mut rows_read) = (run.last_key.clone(), run.rows_read);
@@ -679,11 +700,14 @@ impl<'a> BackfillTask<'a> {
                 published: published_tx,
             }))?;
             let high = self.emit(client, run.id, chunk_no, Mark::High).await?;
-            let outcome = published.await.map_err(|_| Stop::Retry("the session ended before the chunk's high watermark".into()))?;
+            let outcome = published
+                .await
+                .map_err(|_| Stop::Retry("the session ended before the chunk's high watermark".into()))?;
             // Progress only once Kafka acknowledged the chunk: a crash before re-reads it.
             self.acknowledged(high).await;
             let row_count = i64::try_from(read_now).unwrap_or(i64::MAX);
-            let still_running = self.control.progress(client, run.id, &chunk_last_key, row_count).await.map_err(Stop::Retry)?;
+            let still_running =
+                self.control.progress(client, run.id, &chunk_last_key, row_count).await.map_err(Stop::Retry)?;
             rows_read += row_count;
             meters.rows.increment(read_now as u64);
             meters.chunks.increment(1);
@@ -712,8 +736,9 @@ impl<'a> BackfillTask<'a> {
 
     /// Writes a watermark into the WAL; returns its LSN.
     async fn emit(&self, client: &Client, backfill: i64, chunk: i64, mark: Mark) -> Result<Lsn, Stop> {
-        let body = serde_json::to_string(&Watermark { slot: self.slot.to_owned(), task: self.id, backfill, chunk, mark })
-            .map_err(|e| Stop::Retry(e.to_string()))?;
+        let body =
+            serde_json::to_string(&Watermark { slot: self.slot.to_owned(), task: self.id, backfill, chunk, mark })
+                .map_err(|e| Stop::Retry(e.to_string()))?;
         let lsn: String = client
             .query_one("SELECT pg_logical_emit_message(false, $1, $2)::text", &[&MESSAGE_PREFIX, &body])
             .await?
@@ -780,7 +805,11 @@ mod tests {
         assert_eq!(serde_json::from_str::<Watermark>(&text).unwrap(), w);
     }
 
-    fn chunk(backfill: i64, chunk: i64, rows: Vec<Vec<Option<String>>>) -> (PendingChunk, oneshot::Receiver<Published>) {
+    fn chunk(
+        backfill: i64,
+        chunk: i64,
+        rows: Vec<Vec<Option<String>>>,
+    ) -> (PendingChunk, oneshot::Receiver<Published>) {
         let (published, receiver) = oneshot::channel();
         let pending = PendingChunk {
             backfill,
@@ -813,9 +842,16 @@ mod tests {
         let (outbox, inbox) = mpsc::unbounded_channel();
         let mut backfills = Backfills::new("s", inbox, &OwnedHeaders::new());
         let (watching, _) = oneshot::channel();
-        backfills.on_signal(Signal::Watch { task: 9, backfill: 1, table: "t".into(), key_columns: vec!["id".into()], watching });
+        backfills.on_signal(Signal::Watch {
+            task: 9,
+            backfill: 1,
+            table: "t".into(),
+            key_columns: vec!["id".into()],
+            watching,
+        });
         assert!(backfills.on_message(MESSAGE_PREFIX, &watermark("s", 1, 1, Mark::Low)).is_none());
-        let change = br#"{"table_name":"t","col_names":["id","v"],"lsn":5,"seq_id":0,"op":{"Update":[["2","a"],["2","b"]]}}"#;
+        let change =
+            br#"{"table_name":"t","col_names":["id","v"],"lsn":5,"seq_id":0,"op":{"Update":[["2","a"],["2","b"]]}}"#;
         backfills.on_change("t", change, 90);
         let (pending, _published) = chunk(1, 1, vec![row("1", "x"), row("2", "a"), row("3", "y")]);
         outbox.send(Signal::Chunk(pending)).unwrap();
