@@ -305,3 +305,45 @@ async fn check_refuses_a_missing_slot_while_the_topic_holds_records_unless_slot_
     assert!(String::from_utf8_lossy(&output.stdout).contains("will be created"));
     pg.batch_execute(&format!("DROP PUBLICATION {publication}; DROP TABLE {table};")).await.unwrap();
 }
+
+/// `pgkafka backfill`: requesting a backfill of a streamed table records it as pending, `--status`
+/// lists it, `--cancel <table>` cancels it, and a table the producer does not stream is refused
+/// with an error naming it. No producer needs to run for any of it.
+#[tokio::test]
+async fn backfill_requests_lists_and_cancels() {
+    let pg = pg_client().await;
+    let table = unique_name("cli_bf_tbl");
+    let publication = unique_name("cli_bf_pub");
+    let topic = unique_name("cli_bf_topic");
+    pg.batch_execute(&format!(
+        "CREATE TABLE {table} (id int PRIMARY KEY, v text); ALTER TABLE {table} REPLICA IDENTITY FULL;
+         CREATE PUBLICATION {publication} FOR TABLE {table};"
+    ))
+    .await
+    .unwrap();
+    let config = format!(
+        "connection_string = \"{}\"\nbrokers = \"{}\"\nslot = \"{}\"\npublication = \"{publication}\"\nbackfills = true\n\
+         [topics.{table}]\nname = \"{topic}\"\npartition_key = []\n",
+        env().database_url,
+        env().brokers,
+        unique_name("cli_bf_slot")
+    );
+
+    let output = run(&["backfill", "--table", &table], Some(&config));
+    assert!(output.status.success(), "backfill --table failed:\n{}", stderr(&output));
+    assert!(String::from_utf8_lossy(&output.stdout).contains("requested backfill"), "{output:?}");
+
+    let output = run(&["backfill", "--status"], Some(&config));
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(output.status.success() && stdout.contains(&table) && stdout.contains("pending"), "{stdout}");
+
+    let output = run(&["backfill", "--cancel", &table], Some(&config));
+    assert!(String::from_utf8_lossy(&output.stdout).contains("cancelled 1 backfill"), "{output:?}");
+    let stdout = String::from_utf8_lossy(&run(&["backfill", "--status"], Some(&config)).stdout).into_owned();
+    assert!(stdout.contains("cancelled") && !stdout.contains("pending"), "{stdout}");
+
+    let output = run(&["backfill", "--table", "no_such_table"], Some(&config));
+    assert_clean_failure(&output, 2, &["no_such_table", "not streamed"]);
+
+    pg.batch_execute(&format!("DROP PUBLICATION {publication}; DROP TABLE {table};")).await.unwrap();
+}

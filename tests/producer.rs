@@ -8,6 +8,7 @@
 //! `disruption` pauses the broker and restarts PostgreSQL: it holds the services exclusively
 //! against the other producer tests of this binary (`pgkafka_tests::disrupt`).
 
+mod backfill;
 mod crash;
 mod disruption;
 mod lifecycle;

@@ -53,8 +53,8 @@ pub use shutdown::ShutdownHandle;
 pub mod producer;
 #[cfg(feature = "producer")]
 pub use producer::{
-    CheckReport, CheckedTable, Producer, ProducerBuilder, ProducerError, SlotInUsePolicy, SlotMissingPolicy, SlotStatus,
-    SnapshotMode, TruncatePolicy,
+    BackfillRun, BackfillSelector, CheckReport, CheckedTable, Producer, ProducerBuilder, ProducerError, SlotInUsePolicy,
+    SlotMissingPolicy, SlotStatus, SnapshotMode, TruncatePolicy,
 };
 
 #[cfg(feature = "consumer")]

@@ -41,6 +41,7 @@ const fn metric(name: &'static str, kind: MetricKind, labels: &'static [&'static
 
 const SLOT: &[&str] = &["slot"];
 const PARTITION: &[&str] = &["topic", "partition"];
+const SLOT_TABLE: &[&str] = &["slot", "table"];
 
 /// Records handed to Kafka by the producer.
 pub const PRODUCER_RECORDS_PRODUCED: Metric =
@@ -117,6 +118,28 @@ pub const CONSUMER_LAG: Metric = metric(
     "Records from the last handled one to the partition's end (from librdkafka statistics).",
 );
 
+/// Rows a backfill read from a table.
+pub const PRODUCER_BACKFILL_ROWS: Metric = metric(
+    "pgkafka_producer_backfill_rows_total",
+    MetricKind::Counter,
+    SLOT_TABLE,
+    "Rows a backfill read from the table (Kafka acknowledged their chunk).",
+);
+/// Chunks a backfill read from a table.
+pub const PRODUCER_BACKFILL_CHUNKS: Metric = metric(
+    "pgkafka_producer_backfill_chunks_total",
+    MetricKind::Counter,
+    SLOT_TABLE,
+    "Chunks a backfill read from the table (Kafka acknowledged them).",
+);
+/// How far a table's backfill is.
+pub const PRODUCER_BACKFILL_PROGRESS: Metric = metric(
+    "pgkafka_producer_backfill_progress",
+    MetricKind::Gauge,
+    SLOT_TABLE,
+    "Rows read by the table's backfill over the planner's row estimate (1 when finished).",
+);
+
 /// Every metric pgkafka records.
 pub const ALL: &[Metric] = &[
     PRODUCER_RECORDS_PRODUCED,
@@ -126,6 +149,9 @@ pub const ALL: &[Metric] = &[
     PRODUCER_REPLICATION_LAG,
     PRODUCER_IN_FLIGHT,
     PRODUCER_RECONNECTS,
+    PRODUCER_BACKFILL_ROWS,
+    PRODUCER_BACKFILL_CHUNKS,
+    PRODUCER_BACKFILL_PROGRESS,
     CONSUMER_OPS_HANDLED,
     CONSUMER_OPS_DUPLICATE,
     CONSUMER_OPS_FAILED,
@@ -159,6 +185,18 @@ impl Metric {
     #[cfg(feature = "producer")]
     pub(crate) fn slot_gauge(&self, slot: &str) -> ::metrics::Gauge {
         ::metrics::gauge!(self.name, "slot" => slot.to_owned())
+    }
+
+    /// This counter, labelled by `slot` and `table`.
+    #[cfg(feature = "producer")]
+    pub(crate) fn table_counter(&self, slot: &str, table: &str) -> ::metrics::Counter {
+        ::metrics::counter!(self.name, "slot" => slot.to_owned(), "table" => table.to_owned())
+    }
+
+    /// This gauge, labelled by `slot` and `table`.
+    #[cfg(feature = "producer")]
+    pub(crate) fn table_gauge(&self, slot: &str, table: &str) -> ::metrics::Gauge {
+        ::metrics::gauge!(self.name, "slot" => slot.to_owned(), "table" => table.to_owned())
     }
 
     /// This counter, labelled by `topic` and `partition`.

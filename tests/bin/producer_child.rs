@@ -17,7 +17,7 @@ async fn main() {
         &std::env::var("PGKAFKA_CHILD_CONFIG").expect("PGKAFKA_CHILD_CONFIG is not set"),
     )
     .expect("PGKAFKA_CHILD_CONFIG is not a ChildConfig");
-    let producer = Producer::builder(
+    let mut builder = Producer::builder(
         config.database_url,
         config.brokers,
         config.slot,
@@ -27,8 +27,12 @@ async fn main() {
     .status_interval(Duration::from_millis(config.status_interval_ms))
     .reconnect_backoff_max(Duration::from_millis(config.reconnect_backoff_max_ms))
     .snapshot(std::env::var("PGKAFKA_CHILD_SNAPSHOT").map_or(SnapshotMode::Never, |mode| mode.parse().expect("PGKAFKA_CHILD_SNAPSHOT")))
-    .snapshot_chunk_rows(std::env::var("PGKAFKA_CHILD_SNAPSHOT_CHUNK_ROWS").map_or(10_000, |rows| rows.parse().expect("chunk rows")))
-    .build();
+    .snapshot_chunk_rows(std::env::var("PGKAFKA_CHILD_SNAPSHOT_CHUNK_ROWS").map_or(10_000, |rows| rows.parse().expect("chunk rows")));
+    // Backfill tests turn backfills on with their chunk size.
+    if let Some(rows) = std::env::var("PGKAFKA_CHILD_BACKFILL_CHUNK").ok().and_then(|v| v.parse().ok()) {
+        builder = builder.backfills(true).backfill_chunk_size(rows);
+    }
+    let producer = builder.build();
     let shutdown = producer.shutdown_handle();
     tokio::spawn(async move {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");

@@ -32,7 +32,7 @@ impl ChildProducer {
     }
 
     /// [`spawn`](Self::spawn) with more environment variables (`PGKAFKA_CHILD_SNAPSHOT`,
-    /// `PGKAFKA_CHILD_SNAPSHOT_CHUNK_ROWS`: see `tests/bin/producer_child.rs`).
+    /// `PGKAFKA_CHILD_SNAPSHOT_CHUNK_ROWS`, `PGKAFKA_CHILD_BACKFILL_CHUNK`: see `tests/bin/producer_child.rs`).
     pub fn spawn_with_env(program: &str, config: &ChildConfig, log: impl AsRef<Path>, env: &[(&str, &str)]) -> Self {
         let file = std::fs::OpenOptions::new().create(true).append(true).open(log).expect("child log");
         let child = Command::new(program)

@@ -5,6 +5,9 @@
 //! pgkafka --config pgkafka.toml --check         # validate config, database and brokers, then exit
 //! pgkafka --config pgkafka.toml --metrics-addr 127.0.0.1:9187   # also serve Prometheus metrics
 //! pgkafka --config pgkafka.toml --log-format json  # one JSON object per log line
+//! pgkafka backfill --config pgkafka.toml --table inventory   # ask the running producer to backfill a table
+//! pgkafka backfill --config pgkafka.toml --status            # list backfills and their progress
+//! pgkafka backfill --config pgkafka.toml --cancel inventory  # cancel by table, or by id
 //! ```
 //!
 //! The file is TOML (or JSON, by the `.json` extension):
@@ -26,6 +29,8 @@
 //! # snapshot_table = "public.pgkafka_snapshots"  # snapshot progress, in the source database
 //! # snapshot_chunk_rows = 10000
 //! # snapshot_readers = 1     # connections reading tables in parallel during a snapshot
+//! # backfills = true          # run the backfills `pgkafka backfill` requests
+//! # backfill_chunk_size = 1000
 //!
 //! [topics.inventory]
 //! name = "inventory"
@@ -46,7 +51,8 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Parser, ValueEnum};
+use clap::{Parser, Subcommand, ValueEnum};
+use pgkafka::producer::BackfillSelector;
 use pgkafka::{
     Producer, ProducerError, SlotInUsePolicy, SlotMissingPolicy, SlotStatus, SnapshotMode, TopicInfo, TruncatePolicy,
 };
@@ -57,8 +63,8 @@ use serde::Deserialize;
 #[command(name = "pgkafka", version, about)]
 struct Args {
     /// The configuration file (TOML, or JSON when it ends in .json).
-    #[arg(short, long, env = "PGKAFKA_CONFIG")]
-    config: PathBuf,
+    #[arg(short, long, env = "PGKAFKA_CONFIG", global = true)]
+    config: Option<PathBuf>,
     /// Validate the configuration, the database (publication, replica identity, key columns,
     /// slot) and the brokers, print what would be streamed, and exit.
     #[arg(long)]
@@ -71,6 +77,32 @@ struct Args {
     /// fields of its `span` and `spans`).
     #[arg(long, value_enum, default_value_t = LogFormat::Text, env = "PGKAFKA_LOG_FORMAT")]
     log_format: LogFormat,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Backfill tables into their topics while the producer streams (it needs `backfills = true`),
+    /// list backfills, or cancel them.
+    Backfill(BackfillArgs),
+}
+
+#[derive(Debug, clap::Args)]
+#[group(required = true, multiple = false)]
+struct BackfillArgs {
+    /// A table to backfill, as records name it (`t` in `public`, `schema.t` elsewhere); repeatable.
+    #[arg(long = "table", value_name = "TABLE")]
+    tables: Vec<String>,
+    /// Backfill every table the producer streams.
+    #[arg(long)]
+    all: bool,
+    /// List this slot's backfills with their progress.
+    #[arg(long)]
+    status: bool,
+    /// Cancel the backfill with this id, or every open backfill of this table.
+    #[arg(long, value_name = "ID|TABLE")]
+    cancel: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -99,6 +131,8 @@ struct FileConfig {
     max_in_flight: Option<usize>,
     shutdown_timeout_secs: Option<u64>,
     status_interval_ms: Option<u64>,
+    backfills: Option<bool>,
+    backfill_chunk_size: Option<usize>,
     #[serde(default)]
     snapshot: Snapshot,
     snapshot_table: Option<String>,
@@ -193,8 +227,14 @@ fn init_logging(format: LogFormat) {
 }
 
 async fn run(args: Args) -> Result<(), Failure> {
-    let file = load(&args.config)?;
-    let producer = build(file, &args.config)?;
+    let path = args.config.as_deref().ok_or_else(|| {
+        Failure::config("no configuration file: pass it with --config FILE (or set PGKAFKA_CONFIG); see `pgkafka --help`")
+    })?;
+    let file = load(path)?;
+    let producer = build(file, path)?;
+    if let Some(Command::Backfill(backfill)) = args.command {
+        return run_backfill(&producer, backfill).await;
+    }
     if args.check {
         let report = producer.check().await?;
         println!("configuration and database OK; the producer would stream:");
@@ -226,6 +266,46 @@ async fn run(args: Args) -> Result<(), Failure> {
         stop.shutdown();
     });
     producer.start().await?;
+    Ok(())
+}
+
+/// `pgkafka backfill`: requests, lists or cancels backfills in the control table.
+async fn run_backfill(producer: &Producer, args: BackfillArgs) -> Result<(), Failure> {
+    if args.status {
+        let runs = producer.backfill_status().await?;
+        if runs.is_empty() {
+            println!("no backfills for this slot");
+        }
+        for run in runs {
+            let mut line = format!("{:>6}  {:<24} {:<9} {:>10} rows {:>6} chunks", run.id, run.table_name, run.state, run.rows_read, run.chunks);
+            if let Some(key) = &run.last_key {
+                line.push_str(&format!("  after key ({})", key.join(", ")));
+            }
+            line.push_str(&format!("  requested {}", run.requested_at));
+            if let Some(finished) = &run.finished_at {
+                line.push_str(&format!(", finished {finished}"));
+            }
+            if let Some(error) = &run.error {
+                line.push_str(&format!("\n        error: {error}"));
+            }
+            println!("{line}");
+        }
+        return Ok(());
+    }
+    if let Some(which) = args.cancel {
+        let selector: BackfillSelector = which.parse().unwrap_or(BackfillSelector::Table(which.clone()));
+        let cancelled = producer.cancel_backfill(selector).await?;
+        println!("cancelled {cancelled} backfill(s) matching {which}");
+        return Ok(());
+    }
+    let tables = if args.all { Vec::new() } else { args.tables };
+    let ids = producer.request_backfill(&tables).await?;
+    let ids: Vec<String> = ids.iter().map(i64::to_string).collect();
+    println!(
+        "requested backfill(s) {}; the producer streaming this slot (with backfills = true) starts within a second. \
+         See progress with `pgkafka backfill --status`",
+        ids.join(", ")
+    );
     Ok(())
 }
 
@@ -319,6 +399,12 @@ fn build(file: FileConfig, path: &Path) -> Result<Producer, Failure> {
     }
     if let Some(secs) = file.shutdown_timeout_secs {
         builder = builder.shutdown_timeout(Duration::from_secs(secs));
+    }
+    if let Some(enabled) = file.backfills {
+        builder = builder.backfills(enabled);
+    }
+    if let Some(rows) = file.backfill_chunk_size {
+        builder = builder.backfill_chunk_size(rows);
     }
     for (key, value) in file.kafka {
         builder = builder.kafka_option(key, value);

@@ -17,6 +17,7 @@ mod watermark;
 
 pub use error::ProducerError;
 pub use slot_guard::SlotMissingPolicy;
+pub use snapshot::backfill::{BackfillRun, BackfillSelector};
 pub use snapshot::SnapshotMode;
 
 use std::collections::HashMap;
@@ -117,6 +118,7 @@ pub(crate) struct ProducerConfig {
     pub(crate) status_interval: Duration,
     pub(crate) reconnect_backoff_max: Duration,
     pub(crate) shutdown_timeout: Duration,
+    pub(crate) backfill: snapshot::backfill::BackfillSettings,
     pub(crate) snapshot: snapshot::Settings,
 }
 
@@ -138,6 +140,7 @@ impl std::fmt::Debug for ProducerConfig {
             .field("status_interval", &self.status_interval)
             .field("reconnect_backoff_max", &self.reconnect_backoff_max)
             .field("shutdown_timeout", &self.shutdown_timeout)
+            .field("backfill", &self.backfill)
             .field("snapshot", &self.snapshot)
             .finish()
     }
@@ -215,6 +218,7 @@ impl Producer {
                 status_interval: Duration::from_secs(1),
                 reconnect_backoff_max: Duration::from_secs(30),
                 shutdown_timeout: Duration::from_secs(30),
+                backfill: snapshot::backfill::BackfillSettings::default(),
                 snapshot: snapshot::Settings::default(),
             },
             shutdown: CancellationToken::new(),

@@ -15,6 +15,7 @@ use super::encode::{Encoded, Encoder, JsonValue};
 use super::error::Failure;
 use super::sink::Sink;
 use super::slot_guard::SessionStart;
+use super::snapshot::backfill::{self, BackfillTask, Backfills};
 use super::startup;
 use super::watermark::TxId;
 use super::routes::Routes;
@@ -68,14 +69,26 @@ pub(crate) async fn run(
         )
     })??;
     sink.reset(confirmed);
+    let headers = origin.headers(&config.slot_name);
+    // Backfills run beside the stream, in this session's future: they end with it.
+    let (backfill_task, backfills) = if config.backfill.enabled {
+        let control = backfill::control_table(config)?;
+        let (task, backfills) =
+            BackfillTask::new(&config.slot_name, connection, routes.clone(), sink, control, config.backfill.chunk_size, &headers);
+        (Some(task.run()), Some(backfills))
+    } else {
+        (None, None)
+    };
     let gated = snapshot.is_some();
     let snapshot = snapshot.map(|prepared| (prepared, routes.clone()));
     let mut session = Session {
         config,
         sink,
         encoder: Encoder::new(routes, &config.publication_name, JsonValue),
-        headers: origin.headers(&config.slot_name),
+        headers,
         tx: None,
+        xid: 0,
+        backfills,
         meters: Meters::new(&config.slot_name),
         last_wal_end: confirmed,
         snapshot,
@@ -95,7 +108,14 @@ pub(crate) async fn run(
         }
         session.stream(&mut replication, shutdown).await
     };
-    match streamed.await {
+    let streamed = match backfill_task {
+        Some(task) => tokio::select! {
+            streamed = streamed => streamed,
+            () = task => Ok(()),
+        },
+        None => streamed.await,
+    };
+    match streamed {
         Ok(()) => {
             session.finish(&mut replication, started).await;
             if session.snapshot_only_done {
@@ -126,6 +146,10 @@ struct Session<'a> {
     headers: OwnedHeaders,
     /// The sink's id of the transaction being read.
     tx: Option<TxId>,
+    /// Its transaction id, for backfill windows.
+    xid: u32,
+    /// The session's side of backfills, when they are enabled.
+    backfills: Option<Backfills>,
     meters: Meters,
     last_wal_end: Lsn,
     /// An initial snapshot to publish when the stream reaches its point, with the routes.
@@ -178,6 +202,11 @@ impl Session<'_> {
                 biased;
                 () = shutdown.cancelled() => return Ok(()),
                 _ = status.tick() => self.report(replication),
+                signal = next_signal(&mut self.backfills) => {
+                    if let Some(backfills) = &mut self.backfills {
+                        backfills.on_signal(signal);
+                    }
+                }
                 event = replication.recv() => match event {
                     Ok(Some(event)) => {
                         if let Next::Shutdown = self.handle(event, shutdown).await? {
@@ -210,8 +239,9 @@ impl Session<'_> {
 
     async fn handle(&mut self, event: ReplicationEvent, shutdown: &CancellationToken) -> Result<Next, Failure> {
         match event {
-            ReplicationEvent::Begin { final_lsn, commit_time_micros, .. } => {
+            ReplicationEvent::Begin { final_lsn, commit_time_micros, xid } => {
                 let commit_lsn = Lsn(final_lsn.as_u64());
+                self.xid = xid;
                 // Transactions committed before the snapshot's point are in Kafka; it goes first.
                 if self.snapshot_due(commit_lsn) {
                     if let Next::Shutdown = self.run_snapshot(shutdown).await? {
@@ -244,6 +274,17 @@ impl Session<'_> {
                     self.sink.idle_at(wal_end);
                 }
             }
+            ReplicationEvent::Message { transactional: false, lsn, prefix, content } => {
+                let Some(backfills) = &mut self.backfills else { return Ok(Next::Continue) };
+                if let Some(chunk) = backfills.on_message(&prefix, &content) {
+                    if self.tx.is_some() {
+                        return Err(ProducerError::Protocol { lsn: Lsn(lsn.as_u64()), message: "a backfill watermark inside a transaction".into() }.into());
+                    }
+                    if !backfills.publish(chunk, Lsn(lsn.as_u64()), self.sink, shutdown).await? {
+                        return Ok(Next::Shutdown);
+                    }
+                }
+            }
             ReplicationEvent::Message { .. } => {}
             ReplicationEvent::StoppedAt { .. } => return Err(Failure::retry("the replication stream stopped")),
         }
@@ -258,6 +299,9 @@ impl Session<'_> {
                     // The encoder refuses a row change outside a transaction; this is that case.
                     return Err(ProducerError::Protocol { lsn: self.last_wal_end, message: "a row change outside a transaction".into() }.into());
                 };
+                if let Some(backfills) = self.backfills.as_mut().filter(|b| b.is_watching()) {
+                    backfills.on_change(record.table_name, record.value, self.xid);
+                }
                 if !self.sink.send(tx, &record, &self.headers, shutdown).await? {
                     return Ok(Next::Shutdown);
                 }
@@ -302,5 +346,13 @@ impl Session<'_> {
             tracing::debug!(%error, "closing the replication connection");
         }
         tracing::info!(confirmed = %confirmed, slot = %self.config.slot_name, "producer stopped");
+    }
+}
+
+/// The backfill task's next signal; never, without backfills.
+async fn next_signal(backfills: &mut Option<Backfills>) -> backfill::Signal {
+    match backfills {
+        Some(backfills) => backfills.signal().await,
+        None => std::future::pending().await,
     }
 }

@@ -52,7 +52,7 @@ pub(crate) async fn preflight(
     let client = connection.connect().await.map_err(|e| connect_failure(&e, connection, attempt))?;
     // The snapshot control table exists before the catalog is read, so a publication FOR ALL
     // TABLES shows it and the routes skip it.
-    let control = match config.snapshot.enabled() {
+    let control = match config.snapshot.enabled() || config.backfill.enabled {
         true => {
             let control = initial::control_table(&config.snapshot)?;
             if create_control_table {
@@ -69,7 +69,8 @@ pub(crate) async fn preflight(
         control.as_ref().is_some_and(|control| control.is(schema, table))
     })
     .map_err(|problems| ProducerError::Schema(routes::report(&problems)))?;
-    if control.is_some() {
+    // A backfill refuses only its own table without a primary key, when it is asked for.
+    if config.snapshot.enabled() {
         initial::check_primary_keys(&catalog, &routes)?;
     }
     if attempt == Attempt::First {
