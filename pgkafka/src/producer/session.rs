@@ -11,8 +11,9 @@ use rdkafka::message::OwnedHeaders;
 use tokio_util::sync::CancellationToken;
 
 use super::connection::ConnectionInfo;
-use super::encode::{Encoded, Encoder, JsonValue};
+use super::encode::{Encoded, Encoder, Record};
 use super::error::Failure;
+use super::heartbeat::Heartbeat;
 use super::sink::Sink;
 use super::slot_guard::SessionStart;
 use super::startup;
@@ -66,10 +67,12 @@ pub(crate) async fn run(
         )
     })??;
     sink.reset(confirmed);
+    let formats = config.formats()?;
     let mut session = Session {
         config,
         sink,
-        encoder: Encoder::new(routes, &config.publication_name, JsonValue),
+        heartbeat: Heartbeat::new(&formats, &routes),
+        encoder: Encoder::new(routes, &config.publication_name, formats, &connection.database()),
         headers: origin.headers(&config.slot_name),
         tx: None,
         meters: Meters::new(&config.slot_name),
@@ -90,7 +93,9 @@ pub(crate) async fn run(
 struct Session<'a> {
     config: &'a ProducerConfig,
     sink: &'a Sink,
-    encoder: Encoder<JsonValue>,
+    encoder: Encoder,
+    /// Debezium heartbeat records, when a Debezium format asks for them.
+    heartbeat: Option<Heartbeat>,
     /// The origin headers every record of this session carries, built once.
     headers: OwnedHeaders,
     /// The sink's id of the transaction being read.
@@ -123,7 +128,12 @@ impl Session<'_> {
             tokio::select! {
                 biased;
                 () = shutdown.cancelled() => return Ok(()),
-                _ = status.tick() => self.report(replication),
+                _ = status.tick() => {
+                    self.report(replication);
+                    if let Next::Shutdown = self.beat(shutdown).await? {
+                        return Ok(());
+                    }
+                }
                 event = replication.recv() => match event {
                     Ok(Some(event)) => {
                         if let Next::Shutdown = self.handle(event, shutdown).await? {
@@ -156,21 +166,26 @@ impl Session<'_> {
 
     async fn handle(&mut self, event: ReplicationEvent, shutdown: &CancellationToken) -> Result<Next, Failure> {
         match event {
-            ReplicationEvent::Begin { final_lsn, commit_time_micros, .. } => {
+            ReplicationEvent::Begin { final_lsn, commit_time_micros, xid } => {
                 let commit_lsn = Lsn(final_lsn.as_u64());
                 self.tx = Some(self.sink.begin(commit_lsn));
-                self.encoder.begin(commit_lsn, commit_time_micros);
+                self.encoder.begin(commit_lsn, commit_time_micros, xid);
             }
             ReplicationEvent::Commit { end_lsn, lsn, .. } => {
                 let Some(tx) = self.tx.take() else {
                     return Err(ProducerError::Protocol { lsn: Lsn(lsn.as_u64()), message: "a Commit without a Begin".into() }.into());
                 };
-                self.encoder.commit();
+                if let Some(end) = self.encoder.commit() {
+                    // The transaction's END record (Debezium transaction metadata).
+                    if !send(self.sink, tx, &end, &self.headers, &self.meters, shutdown).await? {
+                        return Ok(Next::Shutdown);
+                    }
+                }
                 self.sink.commit(tx, Lsn(end_lsn.as_u64()));
             }
-            ReplicationEvent::XLogData { data, wal_end, .. } => {
+            ReplicationEvent::XLogData { data, wal_start, wal_end, .. } => {
                 self.saw_wal_end(Lsn(wal_end.as_u64()));
-                return self.publish(&data, shutdown).await;
+                return self.publish(&data, Lsn(wal_start.as_u64()), shutdown).await;
             }
             ReplicationEvent::KeepAlive { wal_end, .. } => {
                 let wal_end = Lsn(wal_end.as_u64());
@@ -185,19 +200,19 @@ impl Session<'_> {
         Ok(Next::Continue)
     }
 
-    async fn publish(&mut self, data: &[u8], shutdown: &CancellationToken) -> Result<Next, Failure> {
-        match self.encoder.encode(data, self.last_wal_end)? {
+    async fn publish(&mut self, data: &[u8], wal_start: Lsn, shutdown: &CancellationToken) -> Result<Next, Failure> {
+        match self.encoder.encode(data, wal_start, self.last_wal_end)? {
             Encoded::Nothing => {}
-            Encoded::Record(record) => {
+            Encoded::Records(records) => {
                 let Some(tx) = self.tx else {
                     // The encoder refuses a row change outside a transaction; this is that case.
                     return Err(ProducerError::Protocol { lsn: self.last_wal_end, message: "a row change outside a transaction".into() }.into());
                 };
-                if !self.sink.send(tx, &record, &self.headers, shutdown).await? {
-                    return Ok(Next::Shutdown);
+                for record in records.iter() {
+                    if !send(self.sink, tx, record, &self.headers, &self.meters, shutdown).await? {
+                        return Ok(Next::Shutdown);
+                    }
                 }
-                self.meters.produced.increment(1);
-                self.meters.bytes.increment(record.value.len() as u64);
             }
             Encoded::Truncate { tables, lsn } => match self.config.truncate_policy {
                 TruncatePolicy::Fail => return Err(ProducerError::Truncate { table: tables, lsn }.into()),
@@ -205,6 +220,21 @@ impl Session<'_> {
                     tracing::warn!(tables = %tables, lsn = %lsn, "TRUNCATE not published (TruncatePolicy::Skip)");
                 }
             },
+        }
+        Ok(Next::Continue)
+    }
+
+    /// Sends a heartbeat record when one is due and no transaction is being read.
+    async fn beat(&mut self, shutdown: &CancellationToken) -> Result<Next, Failure> {
+        let Some(heartbeat) = self.heartbeat.as_mut() else { return Ok(Next::Continue) };
+        if self.tx.is_some() {
+            return Ok(Next::Continue);
+        }
+        let (confirmed, _) = self.sink.progress();
+        let Some(record) = heartbeat.due(confirmed, Instant::now()) else { return Ok(Next::Continue) };
+        // Not part of any transaction: the ledger ignores it, so it never holds up the slot.
+        if !send(self.sink, super::heartbeat::UNTRACKED, &record, &self.headers, &self.meters, shutdown).await? {
+            return Ok(Next::Shutdown);
         }
         Ok(Next::Continue)
     }
@@ -231,4 +261,21 @@ impl Session<'_> {
         }
         tracing::info!(confirmed = %confirmed, slot = %self.config.slot_name, "producer stopped");
     }
+}
+
+/// Hands one record to the sink and counts it; `Ok(false)` if a shutdown came first.
+async fn send(
+    sink: &Sink,
+    tx: TxId,
+    record: &Record<'_>,
+    headers: &OwnedHeaders,
+    meters: &Meters,
+    shutdown: &CancellationToken,
+) -> Result<bool, Failure> {
+    if !sink.send(tx, record, headers, shutdown).await? {
+        return Ok(false);
+    }
+    meters.produced.increment(1);
+    meters.bytes.increment(record.value.map_or(0, <[u8]>::len) as u64);
+    Ok(true)
 }

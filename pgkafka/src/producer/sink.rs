@@ -299,9 +299,11 @@ impl Sink {
     ) -> Result<bool, Failure> {
         let mut base = BaseRecord::with_opaque_to(record.topic, tx as usize)
             .key(record.key)
-            .payload(record.value)
             .headers(headers.clone())
             .timestamp(record.timestamp_ms);
+        if let Some(value) = record.value {
+            base = base.payload(value);
+        }
         // Counted before sending: the delivery report may arrive before `send` returns.
         self.shared.watermark().sent(tx);
         let mut warned = Instant::now();
@@ -499,7 +501,7 @@ mod tests {
             let sink = Sink::new(&config).unwrap();
             sink.reset(Lsn(1));
             let tx = sink.begin(Lsn(2));
-            let record = Record { table_name: "t", topic: "pgkafka_unit_queue_full", key: b"k", value: b"{}", timestamp_ms: 0 };
+            let record = Record { table_name: "t", topic: "pgkafka_unit_queue_full", key: b"k", value: Some(b"{}"), timestamp_ms: 0 };
             let headers = OwnedHeaders::new();
             let shutdown = CancellationToken::new();
             assert!(sink.send(tx, &record, &headers, &shutdown).await.unwrap(), "the first record fits");

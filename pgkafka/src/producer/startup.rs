@@ -35,6 +35,7 @@ pub(crate) fn validate(config: &ProducerConfig) -> Result<ConnectionInfo, Produc
             "status_interval is zero; the confirmed position needs a positive reporting interval (default 1 s)".into(),
         ));
     }
+    config.formats()?;
     ConnectionInfo::parse(&config.connection_string)
 }
 
@@ -53,7 +54,11 @@ pub(crate) async fn preflight(
     let routes = routes::resolve(&config.topic_map, &catalog)
         .map_err(|problems| ProducerError::Schema(routes::report(&problems)))?;
     if attempt == Attempt::First {
-        sink.check_topics(routes.topics(), config.brokers.clone()).await?;
+        let mut topics = routes.topics();
+        let table_topics: Vec<&str> = topics.iter().map(String::as_str).collect();
+        let extra = config.formats()?.extra_topics(&table_topics);
+        topics.extend(extra);
+        sink.check_topics(topics, config.brokers.clone()).await?;
     }
     Ok((client, routes))
 }

@@ -1,9 +1,15 @@
-//! Turns pgoutput messages into Kafka records: keeps each relation's columns and route, fills
-//! unchanged TOAST values from the old row, builds the partition key and writes the value in
-//! the record format ([`JsonValue`], the [`ReplicationOp`](pgkafka_common::ReplicationOp) JSON).
-//! Pure: bytes in, records out, no I/O.
+//! Turns pgoutput messages into Kafka records: keeps each relation's columns, types and route,
+//! fills unchanged TOAST values from the old row, and writes key and value in the topic's
+//! output format through a [`ValueFormat`]: [`JsonValue`] (the
+//! [`ReplicationOp`](pgkafka_common::ReplicationOp) JSON) or [`debezium`] (Debezium change
+//! events, with tombstones and transaction records). Pure: bytes in, records out, no I/O.
 //!
 //! Another output format is another [`ValueFormat`], not a branch in the session.
+
+pub(crate) mod debezium;
+mod json;
+
+pub(crate) use self::json::JsonValue;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -14,11 +20,17 @@ use pgkafka_common::pgoutput::{self, Message, OldTupleKind, TupleValue};
 use pgkafka_common::Lsn;
 use serde::Serialize;
 
+use self::debezium::types::Kind;
+use self::debezium::{DebeziumColumn, DebeziumTable, TransactionEnd, TransactionPosition};
+use super::format::{DebeziumOptions, Formats, Resolved};
 use super::routes::{Routes, TableRoute};
 use super::ProducerError;
 
 /// Microseconds from the Unix epoch to PostgreSQL's epoch (2000-01-01).
 const PG_EPOCH_UNIX_MICROS: i64 = 946_684_800_000_000;
+
+/// The `table_name` of transaction-metadata records in error messages.
+const TRANSACTION_RECORDS: &str = "(transaction metadata)";
 
 /// One row change, borrowing its rows. Serializes as the `op` field of the wire format.
 #[derive(Debug, Clone, Copy, Serialize)]
@@ -39,7 +51,8 @@ impl<'a> Change<'a> {
 }
 
 /// A row change with its place in the WAL: what a [`ValueFormat`] writes.
-/// Serializes exactly as [`ReplicationOp`](pgkafka_common::ReplicationOp).
+/// Serializes exactly as [`ReplicationOp`](pgkafka_common::ReplicationOp); `source` is for
+/// formats that say more.
 #[derive(Debug, Serialize)]
 pub(crate) struct RowOp<'a> {
     pub(crate) table_name: &'a str,
@@ -47,21 +60,57 @@ pub(crate) struct RowOp<'a> {
     pub(crate) lsn: u64,
     pub(crate) seq_id: u64,
     pub(crate) op: Change<'a>,
+    #[serde(skip)]
+    pub(crate) source: Source<'a>,
 }
 
-/// How a record's value is written.
-pub(crate) trait ValueFormat {
+/// Where a change comes from, beyond its commit LSN and sequence number.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Source<'a> {
+    /// The transaction id (pgoutput's Begin `xid`); `None` for rows read outside a transaction.
+    pub(crate) xid: Option<u32>,
+    /// The commit time, microseconds since the Unix epoch.
+    pub(crate) commit_time_micros: i64,
+    /// The change's own WAL position (the XLogData message's start).
+    pub(crate) change_lsn: Lsn,
+    /// The commit LSN of the transaction before this one in the stream, if any.
+    pub(crate) last_commit_lsn: Option<Lsn>,
+    /// Whether the row was read by a snapshot rather than streamed (Debezium op `r`).
+    pub(crate) snapshot: bool,
+    /// When the record is written, microseconds since the Unix epoch.
+    pub(crate) now_micros: i64,
+    /// The change's place in its transaction, when transaction metadata is on.
+    pub(crate) transaction: Option<TransactionPosition<'a>>,
+}
+
+impl Source<'_> {
+    /// A row read by a snapshot at `position`, written at `now_micros`.
+    #[allow(dead_code)] // The snapshot source's call site.
+    pub(crate) fn snapshot_row(position: Lsn, now_micros: i64) -> Self {
+        Self { change_lsn: position, commit_time_micros: now_micros, now_micros, snapshot: true, ..Self::default() }
+    }
+}
+
+/// How a record's key and value are written.
+pub(crate) trait ValueFormat: Send + Sync {
     /// Appends `op`'s value to `out` (which is empty).
     fn write_value(&self, op: &RowOp<'_>, out: &mut Vec<u8>) -> Result<(), String>;
-}
 
-/// The JSON [`ReplicationOp`](pgkafka_common::ReplicationOp) consumers read.
-#[derive(Debug, Clone, Copy, Default)]
-pub(crate) struct JsonValue;
+    /// Appends the key of `row` (the new row, or the deleted one) to `out` (which is empty):
+    /// by default pgkafka's JSON array of the values at `key_indexes`.
+    fn write_key(&self, row: &[Option<String>], key_indexes: &[usize], out: &mut Vec<u8>) -> Result<(), String> {
+        encode_key_into(key_indexes.iter().map(|&i| row.get(i).and_then(Option::as_deref)), out);
+        Ok(())
+    }
 
-impl ValueFormat for JsonValue {
-    fn write_value(&self, op: &RowOp<'_>, out: &mut Vec<u8>) -> Result<(), String> {
-        serde_json::to_writer(out, op).map_err(|e| e.to_string())
+    /// Whether a delete is followed by a tombstone (the key with a null value).
+    fn tombstones(&self) -> bool {
+        false
+    }
+
+    /// The Debezium format's table, for its transaction metadata.
+    fn debezium(&self) -> Option<&DebeziumTable> {
+        None
     }
 }
 
@@ -72,9 +121,26 @@ pub(crate) struct Record<'a> {
     pub(crate) table_name: &'a str,
     pub(crate) topic: &'a str,
     pub(crate) key: &'a [u8],
-    pub(crate) value: &'a [u8],
+    /// `None` for a tombstone.
+    pub(crate) value: Option<&'a [u8]>,
     /// The commit time, milliseconds since the Unix epoch.
     pub(crate) timestamp_ms: i64,
+}
+
+/// The records of one row change, in the order they are sent: a transaction's BEGIN record
+/// before its first change, the change, a tombstone after a delete.
+#[derive(Debug)]
+pub(crate) struct Records<'a> {
+    pub(crate) begin: Option<Record<'a>>,
+    pub(crate) change: Record<'a>,
+    pub(crate) tombstone: Option<Record<'a>>,
+}
+
+impl<'a> Records<'a> {
+    /// The records in sending order.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &Record<'a>> {
+        self.begin.iter().chain(std::iter::once(&self.change)).chain(self.tombstone.iter())
+    }
 }
 
 /// What one pgoutput message turned into.
@@ -82,7 +148,7 @@ pub(crate) struct Record<'a> {
 pub(crate) enum Encoded<'a> {
     /// Nothing to publish (a Relation, Type or Origin message, a logical message).
     Nothing,
-    Record(Record<'a>),
+    Records(Records<'a>),
     /// Published tables were truncated; what to do is the truncate policy's call.
     Truncate { tables: String, lsn: Lsn },
 }
@@ -93,64 +159,131 @@ struct Relation {
     col_names: Vec<String>,
     /// Positions of the partition-key columns, or the name of one that no longer exists.
     key_indexes: Result<Vec<usize>, String>,
+    /// How its records are written: its topic's format.
+    format: Box<dyn ValueFormat>,
 }
 
 /// The transaction being encoded.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug)]
 struct Transaction {
     commit_lsn: Lsn,
+    xid: u32,
     timestamp_ms: i64,
+    commit_time_micros: i64,
     next_seq: u64,
+    /// Debezium transaction metadata, from the first change of a table that has it on.
+    metadata: Option<TransactionMetadata>,
+}
+
+/// What a transaction's BEGIN and END records and `transaction` blocks say.
+#[derive(Debug)]
+struct TransactionMetadata {
+    options: Arc<DebeziumOptions>,
+    topic: String,
+    /// `<xid>:<commit LSN>`.
+    id: String,
+    event_count: u64,
+    /// Events per table (`schema.table`), in order of first appearance.
+    data_collections: Vec<(String, u64)>,
 }
 
 /// Encodes the changes of one replication session.
-pub(crate) struct Encoder<F = JsonValue> {
+pub(crate) struct Encoder {
     routes: Routes,
     publication: String,
-    format: F,
+    formats: Formats,
+    /// The database, Debezium's `source.db`.
+    database: String,
     relations: HashMap<u32, Relation>,
     tx: Option<Transaction>,
+    /// The commit LSN of the last transaction that ended (Debezium's `source.sequence`).
+    last_commit_lsn: Option<Lsn>,
+    /// Microseconds since the Unix epoch, now (a fixed clock in tests).
+    clock: fn() -> i64,
     key: Vec<u8>,
     value: Vec<u8>,
+    /// The key and value of a transaction's BEGIN or END record.
+    boundary_key: Vec<u8>,
+    boundary_value: Vec<u8>,
+    /// The topic of the END record being sent.
+    boundary_topic: String,
 }
 
-impl<F: ValueFormat> Encoder<F> {
-    /// An encoder for a publication's routes, writing values with `format`.
-    pub(crate) fn new(routes: Routes, publication: &str, format: F) -> Self {
+/// The system clock in microseconds since the Unix epoch.
+pub(crate) fn system_clock() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| i64::try_from(elapsed.as_micros()).unwrap_or(i64::MAX))
+}
+
+impl Encoder {
+    /// An encoder for a publication's routes, writing each topic's records in its format.
+    pub(crate) fn new(routes: Routes, publication: &str, formats: Formats, database: &str) -> Self {
         Self {
             routes,
             publication: publication.to_owned(),
-            format,
+            formats,
+            database: database.to_owned(),
             relations: HashMap::new(),
             tx: None,
+            last_commit_lsn: None,
+            clock: system_clock,
             key: Vec::with_capacity(64),
             value: Vec::with_capacity(512),
+            boundary_key: Vec::new(),
+            boundary_value: Vec::new(),
+            boundary_topic: String::new(),
         }
     }
 
-    /// A transaction committed at `commit_lsn` at `commit_time_micros` (PostgreSQL epoch) starts.
-    pub(crate) fn begin(&mut self, commit_lsn: Lsn, commit_time_micros: i64) {
+    /// A transaction `xid` committed at `commit_lsn` at `commit_time_micros` (PostgreSQL epoch) starts.
+    pub(crate) fn begin(&mut self, commit_lsn: Lsn, commit_time_micros: i64, xid: u32) {
+        let unix_micros = commit_time_micros.saturating_add(PG_EPOCH_UNIX_MICROS);
         self.tx = Some(Transaction {
             commit_lsn,
-            timestamp_ms: commit_time_micros.saturating_add(PG_EPOCH_UNIX_MICROS) / 1000,
+            xid,
+            timestamp_ms: unix_micros / 1000,
+            commit_time_micros: unix_micros,
             next_seq: 0,
+            metadata: None,
         });
     }
 
-    /// The open transaction ends.
-    pub(crate) fn commit(&mut self) {
-        self.tx = None;
+    /// The open transaction ends; returns its END record when it has transaction metadata.
+    pub(crate) fn commit(&mut self) -> Option<Record<'_>> {
+        let tx = self.tx.take()?;
+        self.last_commit_lsn = Some(tx.commit_lsn);
+        let metadata = tx.metadata?;
+        self.boundary_key.clear();
+        self.boundary_value.clear();
+        let end = TransactionEnd { event_count: metadata.event_count, data_collections: &metadata.data_collections };
+        debezium::transaction_record(
+            &metadata.options,
+            &metadata.id,
+            tx.timestamp_ms,
+            Some(&end),
+            &mut self.boundary_key,
+            &mut self.boundary_value,
+        );
+        self.boundary_topic = metadata.topic;
+        Some(Record {
+            table_name: TRANSACTION_RECORDS,
+            topic: &self.boundary_topic,
+            key: &self.boundary_key,
+            value: Some(&self.boundary_value),
+            timestamp_ms: tx.timestamp_ms,
+        })
     }
 
-    /// Decodes one pgoutput message and encodes what it says. `wal_end` is the latest position
-    /// the server reported; errors outside a transaction name it.
-    pub(crate) fn encode(&mut self, pgoutput: &[u8], wal_end: Lsn) -> Result<Encoded<'_>, ProducerError> {
-        let position = self.tx.map_or(wal_end, |tx| tx.commit_lsn);
+    /// Decodes one pgoutput message, which starts at `wal_start`, and encodes what it says.
+    /// `wal_end` is the latest position the server reported; errors outside a transaction name it.
+    pub(crate) fn encode(&mut self, pgoutput: &[u8], wal_start: Lsn, wal_end: Lsn) -> Result<Encoded<'_>, ProducerError> {
+        let position = self.tx.as_ref().map_or(wal_end, |tx| tx.commit_lsn);
         let message = pgoutput::decode(pgoutput).map_err(|e| protocol(position, e.to_string()))?;
-        self.encode_message(message, position)
+        self.encode_message(message, wal_start, position)
     }
 
-    fn encode_message(&mut self, message: Message, position: Lsn) -> Result<Encoded<'_>, ProducerError> {
+    fn encode_message(&mut self, message: Message, wal_start: Lsn, position: Lsn) -> Result<Encoded<'_>, ProducerError> {
         let (relation_id, change) = match message {
             Message::Relation(relation) => {
                 self.add_relation(relation, position)?;
@@ -174,7 +307,7 @@ impl<F: ValueFormat> Encoder<F> {
             // Type, Origin and logical messages carry nothing pgkafka publishes.
             _ => return Ok(Encoded::Nothing),
         };
-        self.encode_change(relation_id, change, position).map(Encoded::Record)
+        self.encode_change(relation_id, change, wal_start, position).map(Encoded::Records)
     }
 
     fn add_relation(&mut self, relation: pgoutput::Relation, position: Lsn) -> Result<(), ProducerError> {
@@ -190,20 +323,43 @@ impl<F: ValueFormat> Encoder<F> {
                 "changes made while the table had another name: they go to its topic under its current name"
             );
         }
-        let col_names: Vec<String> = relation.columns.into_iter().map(|c| c.name).collect();
-        let key_indexes = route
+        let col_names: Vec<String> = relation.columns.iter().map(|c| c.name.clone()).collect();
+        let key_indexes: Result<Vec<usize>, String> = route
             .key_columns
             .iter()
             .map(|key| col_names.iter().position(|c| c == key).ok_or_else(|| key.clone()))
             .collect();
-        self.relations.insert(relation.id, Relation { route, col_names, key_indexes });
+        let format: Box<dyn ValueFormat> = match self.formats.for_topic(&route.topic) {
+            Resolved::Pgkafka => Box::new(JsonValue),
+            Resolved::Debezium(options) => {
+                let columns = relation
+                    .columns
+                    .iter()
+                    .map(|column| DebeziumColumn {
+                        name: column.name.clone(),
+                        kind: Kind::of(column.type_id, column.type_modifier),
+                        // A column added since the producer started is not in the catalog read then.
+                        optional: !route.not_null.contains(&column.name),
+                    })
+                    .collect();
+                Box::new(DebeziumTable::new(
+                    Arc::clone(options),
+                    &self.database,
+                    &route.schema,
+                    &route.table,
+                    columns,
+                    key_indexes.clone().unwrap_or_default(),
+                ))
+            }
+        };
+        self.relations.insert(relation.id, Relation { route, col_names, key_indexes, format });
         Ok(())
     }
 
     /// The hot path: one relation lookup, the rows moved (not copied) out of the message, key
     /// and value written into reused buffers.
-    fn encode_change(&mut self, relation_id: u32, rows: Rows, position: Lsn) -> Result<Record<'_>, ProducerError> {
-        let Self { relations, tx, format, key, value, .. } = self;
+    fn encode_change(&mut self, relation_id: u32, rows: Rows, wal_start: Lsn, position: Lsn) -> Result<Records<'_>, ProducerError> {
+        let Self { relations, tx, key, value, boundary_key, boundary_value, last_commit_lsn, clock, .. } = self;
         let Some(tx) = tx.as_mut() else {
             return Err(protocol(position, "a row change outside a transaction".into()));
         };
@@ -234,9 +390,61 @@ impl<F: ValueFormat> Encoder<F> {
                 relation.route.table_name
             ))
         })?;
-        let key_row = change.key_row();
+        let cannot_encode = |e: String| protocol(position, format!("cannot encode a record: {e}"));
         key.clear();
-        encode_key_into(key_indexes.iter().map(|&i| key_row.get(i).and_then(Option::as_deref)), key);
+        relation.format.write_key(change.key_row(), key_indexes, key).map_err(cannot_encode)?;
+
+        // Debezium transaction metadata: BEGIN before the first event, then the event's place.
+        let mut begins = false;
+        if let Some(table) = relation.format.debezium().filter(|table| table.options().transaction_metadata) {
+            let metadata = tx.metadata.get_or_insert_with(|| {
+                begins = true;
+                TransactionMetadata {
+                    options: Arc::clone(table.options()),
+                    topic: table.options().transaction_topic(),
+                    id: format!("{}:{}", tx.xid, tx.commit_lsn.0),
+                    event_count: 0,
+                    data_collections: Vec::new(),
+                }
+            });
+            metadata.event_count += 1;
+            let collection = table.data_collection();
+            match metadata.data_collections.iter_mut().find(|(name, _)| *name == collection) {
+                Some((_, count)) => *count += 1,
+                None => metadata.data_collections.push((collection, 1)),
+            }
+        }
+        let transaction = match (relation.format.debezium(), tx.metadata.as_ref()) {
+            (Some(table), Some(metadata)) if table.options().transaction_metadata => {
+                let collection = table.data_collection();
+                Some(TransactionPosition {
+                    id: &metadata.id,
+                    total_order: metadata.event_count,
+                    data_collection_order: metadata
+                        .data_collections
+                        .iter()
+                        .find(|(name, _)| *name == collection)
+                        .map_or(1, |(_, count)| *count),
+                })
+            }
+            _ => None,
+        };
+        let begin = match (begins, tx.metadata.as_ref()) {
+            (true, Some(metadata)) => {
+                boundary_key.clear();
+                boundary_value.clear();
+                debezium::transaction_record(&metadata.options, &metadata.id, tx.timestamp_ms, None, boundary_key, boundary_value);
+                Some(Record {
+                    table_name: TRANSACTION_RECORDS,
+                    topic: &metadata.topic,
+                    key: boundary_key,
+                    value: Some(boundary_value),
+                    timestamp_ms: tx.timestamp_ms,
+                })
+            }
+            _ => None,
+        };
+
         value.clear();
         let op = RowOp {
             table_name: &relation.route.table_name,
@@ -244,15 +452,30 @@ impl<F: ValueFormat> Encoder<F> {
             lsn: tx.commit_lsn.0,
             seq_id: tx.next_seq,
             op: change,
+            source: Source {
+                xid: Some(tx.xid),
+                commit_time_micros: tx.commit_time_micros,
+                change_lsn: wal_start,
+                last_commit_lsn: *last_commit_lsn,
+                snapshot: false,
+                now_micros: clock(),
+                transaction,
+            },
         };
-        format.write_value(&op, value).map_err(|e| protocol(position, format!("cannot encode a record: {e}")))?;
+        relation.format.write_value(&op, value).map_err(cannot_encode)?;
         tx.next_seq += 1;
-        Ok(Record {
+        let is_delete = matches!(change, Change::Delete(_));
+        let record = |value| Record {
             table_name: &relation.route.table_name,
             topic: &relation.route.topic,
             key,
             value,
             timestamp_ms: tx.timestamp_ms,
+        };
+        Ok(Records {
+            begin,
+            change: record(Some(value)),
+            tombstone: (is_delete && relation.format.tombstones()).then(|| record(None)),
         })
     }
 
@@ -363,7 +586,7 @@ mod tests {
                 _ => (Change::Delete(&old), Op::Delete(old.clone())),
             };
             let mut borrowed = Vec::new();
-            JsonValue.write_value(&RowOp { table_name: &table, col_names: &cols, lsn, seq_id: seq, op: change }, &mut borrowed).unwrap();
+            JsonValue.write_value(&RowOp { table_name: &table, col_names: &cols, lsn, seq_id: seq, op: change, source: Source::default() }, &mut borrowed).unwrap();
             let owned = serde_json::to_vec(&ReplicationOp { table_name: table.clone(), col_names: cols.clone(), lsn, seq_id: seq, op }).unwrap();
             prop_assert_eq!(borrowed, owned);
         }
@@ -447,6 +670,10 @@ mod tests {
     }
 
     fn encoder(partition_key: &[&str]) -> Encoder {
+        encoder_with(partition_key, &crate::producer::OutputFormat::Pgkafka)
+    }
+
+    fn encoder_with(partition_key: &[&str], format: &crate::producer::OutputFormat) -> Encoder {
         let catalog = Catalog {
             publication_name: "pub".into(),
             wal_level: "logical".into(),
@@ -462,14 +689,19 @@ mod tests {
             }]),
         };
         let topic_map = [("sales.orders".to_owned(), TopicInfo::new("orders_topic", partition_key.iter().copied()))].into();
-        Encoder::new(resolve(&topic_map, &catalog).unwrap(), "pub", JsonValue)
+        let formats = Formats::new(format, &HashMap::new(), &["orders_topic"]).unwrap();
+        let mut encoder = Encoder::new(resolve(&topic_map, &catalog).unwrap(), "pub", formats, "db");
+        encoder.clock = || 1_700_000_000_000_000;
+        encoder
     }
 
     /// The record's key, value (as the wire type) and timestamp.
     fn record(encoded: Encoded<'_>) -> (Vec<u8>, ReplicationOp, i64) {
-        let Encoded::Record(record) = encoded else { panic!("expected a record, got {encoded:?}") };
+        let Encoded::Records(records) = encoded else { panic!("expected a record, got {encoded:?}") };
+        assert!(records.begin.is_none() && records.tombstone.is_none(), "{records:?}");
+        let record = records.change;
         assert_eq!((record.topic, record.table_name), ("orders_topic", "sales.orders"));
-        (record.key.to_vec(), serde_json::from_slice(record.value).unwrap(), record.timestamp_ms)
+        (record.key.to_vec(), serde_json::from_slice(record.value.unwrap()).unwrap(), record.timestamp_ms)
     }
 
     fn key(values: &[&str]) -> Vec<u8> {
@@ -481,29 +713,29 @@ mod tests {
     #[test]
     fn raw_pgoutput_becomes_keyed_records_numbered_within_their_transaction() {
         let mut encoder = encoder(&["org"]);
-        assert!(matches!(encoder.encode(&wire::relation(7, "sales", "orders", &["id", "org", "doc"]), Lsn(1)).unwrap(), Encoded::Nothing));
-        encoder.begin(Lsn(0x500), 1_000_000);
-        let (k, op, timestamp) = record(encoder.encode(&wire::insert(7, &[Some("1"), Some("42"), None]), Lsn(1)).unwrap());
+        assert!(matches!(encoder.encode(&wire::relation(7, "sales", "orders", &["id", "org", "doc"]), Lsn(0), Lsn(1)).unwrap(), Encoded::Nothing));
+        encoder.begin(Lsn(0x500), 1_000_000, 1);
+        let (k, op, timestamp) = record(encoder.encode(&wire::insert(7, &[Some("1"), Some("42"), None]), Lsn(0), Lsn(1)).unwrap());
         assert_eq!(k, key(&["42"]));
         assert_eq!(timestamp, (PG_EPOCH_UNIX_MICROS + 1_000_000) / 1000);
         assert_eq!((op.table_name.as_str(), op.col_names.as_slice(), op.lsn, op.seq_id), ("sales.orders", &["id".to_owned(), "org".into(), "doc".into()][..], 0x500, 0));
         assert_eq!(op.op, Op::Insert(vec![Some("1".into()), Some("42".into()), None]));
-        let (k, op, _) = record(encoder.encode(&wire::delete(7, &[Some("1"), Some("43"), Some("d")]), Lsn(1)).unwrap());
+        let (k, op, _) = record(encoder.encode(&wire::delete(7, &[Some("1"), Some("43"), Some("d")]), Lsn(0), Lsn(1)).unwrap());
         assert_eq!((k, op.seq_id), (key(&["43"]), 1), "a delete is keyed by its old row");
         encoder.commit();
-        encoder.begin(Lsn(0x600), 0);
-        let (_, op, _) = record(encoder.encode(&wire::insert(7, &[Some("2"), Some("1"), None]), Lsn(1)).unwrap());
+        encoder.begin(Lsn(0x600), 0, 1);
+        let (_, op, _) = record(encoder.encode(&wire::insert(7, &[Some("2"), Some("1"), None]), Lsn(0), Lsn(1)).unwrap());
         assert_eq!((op.lsn, op.seq_id), (0x600, 0), "sequence numbers start over in each transaction");
     }
 
     #[test]
     fn an_unchanged_toast_value_is_taken_from_the_old_row() {
         let mut encoder = encoder(&[]);
-        encoder.encode(&wire::relation(7, "sales", "orders", &["id", "org", "doc"]), Lsn(1)).unwrap();
-        encoder.begin(Lsn(0x500), 0);
+        encoder.encode(&wire::relation(7, "sales", "orders", &["id", "org", "doc"]), Lsn(0), Lsn(1)).unwrap();
+        encoder.begin(Lsn(0x500), 0, 1);
         let old: &[Option<&str>] = &[Some("1"), Some("2"), Some("big document")];
         let message = wire::update(7, Some((b'O', old)), &[Some("1"), Some("3"), Some("\u{0}toast")]);
-        let (k, op, _) = record(encoder.encode(&message, Lsn(1)).unwrap());
+        let (k, op, _) = record(encoder.encode(&message, Lsn(0), Lsn(1)).unwrap());
         assert_eq!(k, key(&["1"]), "the primary key when the topic map names none");
         let old: Vec<Option<String>> = old.iter().map(|v| v.map(str::to_owned)).collect();
         let new = vec![Some("1".into()), Some("3".into()), Some("big document".into())];
@@ -513,43 +745,86 @@ mod tests {
     #[test]
     fn what_cannot_be_encoded_is_an_error_naming_table_and_lsn() {
         let mut encoder = encoder(&["org"]);
-        encoder.begin(Lsn(0x500), 0);
-        let error = encoder.encode(&wire::insert(7, &[Some("1")]), Lsn(1)).unwrap_err();
+        encoder.begin(Lsn(0x500), 0, 1);
+        let error = encoder.encode(&wire::insert(7, &[Some("1")]), Lsn(0), Lsn(1)).unwrap_err();
         assert!(error.to_string().contains("relation 7 before its Relation message") && error.to_string().contains("0/500"), "{error}");
-        encoder.encode(&wire::relation(7, "sales", "orders", &["id", "org", "doc"]), Lsn(1)).unwrap();
-        let error = encoder.encode(&wire::update(7, None, &[Some("1"), Some("2"), None]), Lsn(1)).unwrap_err();
+        encoder.encode(&wire::relation(7, "sales", "orders", &["id", "org", "doc"]), Lsn(0), Lsn(1)).unwrap();
+        let error = encoder.encode(&wire::update(7, None, &[Some("1"), Some("2"), None]), Lsn(0), Lsn(1)).unwrap_err();
         assert!(matches!(error, ProducerError::Schema(_)) && error.to_string().contains("REPLICA IDENTITY FULL"), "{error}");
-        let error = encoder.encode(&wire::insert(7, &[Some("1"), Some("\u{0}toast"), None]), Lsn(1)).unwrap_err();
+        let error = encoder.encode(&wire::insert(7, &[Some("1"), Some("\u{0}toast"), None]), Lsn(0), Lsn(1)).unwrap_err();
         assert!(error.to_string().contains("column org of table sales.orders is an unchanged TOAST value"), "{error}");
-        let error = encoder.encode(&wire::insert(7, &[Some("1")]), Lsn(1)).unwrap_err();
+        let error = encoder.encode(&wire::insert(7, &[Some("1")]), Lsn(0), Lsn(1)).unwrap_err();
         assert!(error.to_string().contains("has 1 values but its Relation message listed 3"), "{error}");
-        let error = encoder.encode(&wire::relation(8, "public", "stray", &["id"]), Lsn(1)).unwrap_err();
+        let error = encoder.encode(&wire::relation(8, "public", "stray", &["id"]), Lsn(0), Lsn(1)).unwrap_err();
         let message = error.to_string();
         assert!(message.contains("change of table stray (relation OID 8) at LSN 0/500"), "{message}");
         assert!(message.contains("ALTER PUBLICATION \"pub\" ADD TABLE \"public\".\"stray\""), "{message}");
-        encoder.encode(&wire::relation(7, "sales", "orders", &["id", "doc"]), Lsn(1)).unwrap();
-        let error = encoder.encode(&wire::insert(7, &[Some("1"), None]), Lsn(1)).unwrap_err();
+        encoder.encode(&wire::relation(7, "sales", "orders", &["id", "doc"]), Lsn(0), Lsn(1)).unwrap();
+        let error = encoder.encode(&wire::insert(7, &[Some("1"), None]), Lsn(0), Lsn(1)).unwrap_err();
         assert!(error.to_string().contains("partition_key column \"org\" of table sales.orders no longer exists"), "{error}");
         encoder.commit();
-        let error = encoder.encode(&wire::insert(7, &[Some("1"), None]), Lsn(0x700)).unwrap_err();
+        let error = encoder.encode(&wire::insert(7, &[Some("1"), None]), Lsn(0), Lsn(0x700)).unwrap_err();
         assert!(error.to_string().contains("outside a transaction") && error.to_string().contains("0/700"), "{error}");
     }
 
     #[test]
     fn changes_replayed_under_a_table_s_old_name_go_to_its_topic_under_its_current_name() {
         let mut encoder = encoder(&["org"]);
-        encoder.encode(&wire::relation(7, "sales", "orders_before_rename", &["id", "org", "doc"]), Lsn(1)).unwrap();
-        encoder.begin(Lsn(0x500), 0);
-        let (k, op, _) = record(encoder.encode(&wire::insert(7, &[Some("1"), Some("42"), None]), Lsn(1)).unwrap());
+        encoder.encode(&wire::relation(7, "sales", "orders_before_rename", &["id", "org", "doc"]), Lsn(0), Lsn(1)).unwrap();
+        encoder.begin(Lsn(0x500), 0, 1);
+        let (k, op, _) = record(encoder.encode(&wire::insert(7, &[Some("1"), Some("42"), None]), Lsn(0), Lsn(1)).unwrap());
         assert_eq!((k, op.table_name.as_str()), (key(&["42"]), "sales.orders"));
     }
 
     #[test]
     fn a_truncate_names_its_tables_and_lsn() {
         let mut encoder = encoder(&["org"]);
-        encoder.encode(&wire::relation(7, "sales", "orders", &["id", "org", "doc"]), Lsn(1)).unwrap();
-        encoder.begin(Lsn(0x500), 0);
-        let Encoded::Truncate { tables, lsn } = encoder.encode(&wire::truncate(&[7, 9]), Lsn(1)).unwrap() else { panic!() };
+        encoder.encode(&wire::relation(7, "sales", "orders", &["id", "org", "doc"]), Lsn(0), Lsn(1)).unwrap();
+        encoder.begin(Lsn(0x500), 0, 1);
+        let Encoded::Truncate { tables, lsn } = encoder.encode(&wire::truncate(&[7, 9]), Lsn(0), Lsn(1)).unwrap() else { panic!() };
         assert_eq!((tables.as_str(), lsn), ("sales.orders, relation 9", Lsn(0x500)));
+    }
+
+    /// A Debezium topic with transaction metadata and tombstones: BEGIN before the first
+    /// event only, each event's place in the transaction, a tombstone after a delete with the
+    /// delete's key, END at commit counting the events; the next transaction starts over.
+    #[test]
+    fn debezium_records_come_with_transaction_boundaries_and_tombstones() {
+        use crate::producer::{DebeziumOptions, OutputFormat};
+        let mut options = DebeziumOptions::new("server");
+        options.schemas = false;
+        options.transaction_metadata = true;
+        let mut encoder = encoder_with(&[], &OutputFormat::Debezium(options));
+        encoder.encode(&wire::relation(7, "sales", "orders", &["id", "org", "doc"]), Lsn(0), Lsn(1)).unwrap();
+        encoder.begin(Lsn(0x500), 0, 42);
+        let json = |bytes: Option<&[u8]>| serde_json::from_slice::<serde_json::Value>(bytes.unwrap()).unwrap();
+        let Encoded::Records(first) = encoder.encode(&wire::insert(7, &[Some("1"), Some("2"), None]), Lsn(0x490), Lsn(1)).unwrap() else { panic!() };
+        let begin = first.begin.as_ref().unwrap();
+        assert_eq!(begin.topic, "server.transaction");
+        assert_eq!(json(begin.value)["status"], "BEGIN");
+        assert_eq!(json(Some(begin.key))["id"], "42:1280");
+        let event = json(first.change.value);
+        assert_eq!(event["after"]["id"], "1", "text columns stay strings");
+        assert_eq!((event["op"].as_str(), event["source"]["lsn"].as_u64(), event["source"]["txId"].as_u64()), (Some("c"), Some(0x490), Some(42)));
+        assert_eq!(event["transaction"], serde_json::json!({"id": "42:1280", "total_order": 1, "data_collection_order": 1}));
+        assert_eq!(event["ts_ms"], 1_700_000_000_000i64);
+        assert_eq!(first.iter().count(), 2);
+        let Encoded::Records(second) = encoder.encode(&wire::delete(7, &[Some("1"), Some("2"), None]), Lsn(0x498), Lsn(1)).unwrap() else { panic!() };
+        assert!(second.begin.is_none());
+        let tombstone = second.tombstone.as_ref().unwrap();
+        assert_eq!((tombstone.topic, tombstone.key, tombstone.value), ("orders_topic", second.change.key, None));
+        assert_eq!(tombstone.key, br#"{"id":"1"}"#);
+        assert_eq!(json(second.change.value)["transaction"]["total_order"], 2);
+        let end = encoder.commit().unwrap();
+        let end = json(end.value);
+        assert_eq!((end["status"].as_str(), end["event_count"].as_u64()), (Some("END"), Some(2)));
+        assert_eq!(end["data_collections"], serde_json::json!([{"data_collection": "sales.orders", "event_count": 2}]));
+        encoder.begin(Lsn(0x600), 0, 43);
+        let Encoded::Records(next) = encoder.encode(&wire::insert(7, &[Some("3"), Some("2"), None]), Lsn(0x590), Lsn(1)).unwrap() else { panic!() };
+        assert!(next.begin.is_some(), "each transaction has its BEGIN");
+        assert_eq!(json(next.change.value)["source"]["sequence"], "[\"1280\",\"1424\"]");
+        assert!(encoder.commit().is_some());
+        encoder.begin(Lsn(0x700), 0, 44);
+        assert!(encoder.commit().is_none(), "an empty transaction has no records");
     }
 }
