@@ -9,6 +9,7 @@
 //! against the other producer tests of this binary (`pgkafka_tests::disrupt`).
 
 mod crash;
+mod debezium;
 mod disruption;
 mod lifecycle;
 mod refused;

@@ -390,7 +390,13 @@ impl Encoder {
                 relation.route.table_name
             ))
         })?;
-        let cannot_encode = |e: String| protocol(position, format!("cannot encode a record: {e}"));
+        // The same row fails the same way on every retry: stop, naming what and where.
+        let cannot_encode = |e: String| {
+            ProducerError::Schema(format!(
+                "cannot write the change at LSN {position} in its topic's format: {e}. Nothing from this transaction \
+                 was confirmed to the slot"
+            ))
+        };
         key.clear();
         relation.format.write_key(change.key_row(), key_indexes, key).map_err(cannot_encode)?;
 

@@ -1,0 +1,372 @@
+//! The Debezium output format through a real producer: Debezium's documented example events
+//! reproduced field for field (`tests/fixtures/debezium/`), every type of the README's type table
+//! value by value, tombstones, transaction metadata and heartbeats.
+
+use std::fmt;
+use std::time::{Duration, Instant};
+
+use pgkafka::{DebeziumOptions, DecimalHandling, OutputFormat};
+use pgkafka_tests::producer_task::RunningProducer;
+use pgkafka_tests::topics::read_topics;
+use pgkafka_tests::{create_topic, unique_name, Record};
+use serde::de::{DeserializeSeed, IgnoredAny, MapAccess, Visitor};
+use serde_json::{json, Value};
+
+use super::{id_table, Scenario, Table};
+
+/// A golden file of `tests/fixtures/debezium/`.
+fn fixture(name: &str) -> String {
+    let path = format!("{}/fixtures/debezium/{name}", env!("CARGO_MANIFEST_DIR"));
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+/// Removes the fields that differ from run to run: timestamps, LSNs, the transaction id, the
+/// version. `value` is an envelope payload or a `{"schema", "payload"}` pair.
+fn strip_volatile(mut value: Value) -> Value {
+    let payload = if value.get("payload").is_some() { &mut value["payload"] } else { &mut value };
+    if let Some(payload) = payload.as_object_mut() {
+        for field in ["ts_ms", "ts_us", "ts_ns"] {
+            payload.remove(field);
+        }
+        if let Some(source) = payload.get_mut("source").and_then(Value::as_object_mut) {
+            for field in ["ts_ms", "ts_us", "ts_ns", "version", "lsn", "txId", "sequence", "xmin"] {
+                source.remove(field);
+            }
+        }
+    }
+    value
+}
+
+/// The keys of the JSON object at `path` in `json`, in the order they are written
+/// (`serde_json::Value` sorts them).
+fn key_order(json: &str, path: &[&str]) -> Vec<String> {
+    struct At<'p>(&'p [&'p str]);
+    impl<'de> DeserializeSeed<'de> for At<'_> {
+        type Value = Vec<String>;
+        fn deserialize<D: serde::Deserializer<'de>>(self, deserializer: D) -> Result<Vec<String>, D::Error> {
+            deserializer.deserialize_map(self)
+        }
+    }
+    impl<'de> Visitor<'de> for At<'_> {
+        type Value = Vec<String>;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("an object")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Vec<String>, A::Error> {
+            let (mut keys, mut found) = (Vec::new(), Vec::new());
+            while let Some(key) = map.next_key::<String>()? {
+                match self.0.split_first() {
+                    Some((first, rest)) if *first == key => found = map.next_value_seed(At(rest))?,
+                    _ => map.next_value::<IgnoredAny>().map(drop)?,
+                }
+                keys.push(key);
+            }
+            Ok(if self.0.is_empty() { keys } else { found })
+        }
+    }
+    At(path).deserialize(&mut serde_json::Deserializer::from_str(json)).unwrap()
+}
+
+/// Reads `topics` until they hold at least `count` records together.
+async fn read_at_least(topics: &[String], count: usize, timeout: Duration) -> Vec<(String, Record)> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let records = read_topics(topics).await;
+        if records.len() >= count {
+            return records;
+        }
+        assert!(Instant::now() < deadline, "{} of {count} records in {topics:?} after {timeout:?}: {records:?}", records.len());
+    }
+}
+
+fn text(bytes: Option<&[u8]>) -> String {
+    String::from_utf8(bytes.expect("a record without a value").to_vec()).unwrap()
+}
+
+fn debezium(name: &str, schemas: bool) -> DebeziumOptions {
+    let mut options = DebeziumOptions::new(name);
+    options.schemas = schemas;
+    options
+}
+
+/// Debezium's documented `customers` example: the same table and statements through a
+/// producer writing one copy of the table with Kafka Connect schemas and one without. Keys,
+/// create, update and delete events equal the golden files field for field (volatile fields
+/// apart), in the documented field order, and the delete is followed by a tombstone.
+#[tokio::test]
+async fn debeziums_documented_example_events_are_reproduced() {
+    let schemas = [unique_name("dbz_golden"), unique_name("dbz_golden")];
+    let tables: Vec<Table> = schemas
+        .iter()
+        .map(|schema| {
+            let create = format!(
+                "CREATE SCHEMA {schema}; CREATE TABLE {schema}.customers (id SERIAL, first_name VARCHAR(255) NOT NULL, \
+                 last_name VARCHAR(255) NOT NULL, email VARCHAR(255) NOT NULL, PRIMARY KEY(id))"
+            );
+            let mut table = Table::new(&format!("{schema}.customers"), create, &[], 1);
+            table.key_columns = vec!["id".into()];
+            table
+        })
+        .collect();
+    let mut scenario = Scenario::new("dbz_golden", tables).await;
+    for schema in &schemas {
+        scenario.drop_at_cleanup(format!("SCHEMA {schema} CASCADE"));
+    }
+    let plain_topic = scenario.topic_map[&format!("{}.customers", schemas[1])].name.clone();
+    let producer = scenario
+        .builder()
+        .output_format(OutputFormat::Debezium(debezium("PostgreSQL_server", true)))
+        .topic_format(plain_topic, OutputFormat::Debezium(debezium("PostgreSQL_server", false)))
+        .build();
+    let running = RunningProducer::start(producer, &scenario.slot).await;
+    for schema in &schemas {
+        scenario
+            .pg
+            .batch_execute(&format!(
+                "INSERT INTO {schema}.customers (id, first_name, last_name, email) VALUES (1, 'Anne', 'Kretchmar', 'annek@noanswer.org'); \
+                 UPDATE {schema}.customers SET first_name = 'Anne Marie' WHERE id = 1; \
+                 DELETE FROM {schema}.customers WHERE id = 1"
+            ))
+            .await
+            .unwrap();
+    }
+    let database: String = scenario.pg.query_one("SELECT current_database()", &[]).await.unwrap().get(0);
+    for (index, schema) in schemas.iter().enumerate() {
+        let with_schemas = index == 0;
+        let records = read_at_least(&scenario.topics[index..=index], 4, Duration::from_secs(60)).await;
+        assert_eq!(records.len(), 4, "create, update, delete, tombstone: {records:?}");
+        // The documented events are of table public.customers in database postgres.
+        let normalize = |json: String| {
+            json.replace(&format!("\"{schema}\""), "\"public\"")
+                .replace(&format!(".{schema}."), ".public.")
+                .replace(&format!("\"db\":\"{database}\""), "\"db\":\"postgres\"")
+        };
+        let suffix = if with_schemas { ".schemas" } else { "" };
+        for (_, record) in &records {
+            let key = normalize(String::from_utf8(record.key.clone().unwrap()).unwrap());
+            assert_eq!(serde_json::from_str::<Value>(&key).unwrap(), serde_json::from_str::<Value>(&fixture(&format!("customers.key{suffix}.json"))).unwrap());
+        }
+        let values: Vec<String> = records[..3].iter().map(|(_, r)| normalize(text(r.value.as_deref()))).collect();
+        let create_schema = serde_json::from_str::<Value>(&fixture("customers.create.schemas.json")).unwrap()["schema"].clone();
+        for (value, name) in values.iter().zip(["create", "update", "delete"]) {
+            let payload: &[&str] = if with_schemas { &["payload"] } else { &[] };
+            let expected_text = fixture(&format!("customers.{name}.json"));
+            let whole: Value = serde_json::from_str(value).unwrap();
+            let actual = strip_volatile(if with_schemas { whole["payload"].clone() } else { whole });
+            let expected = strip_volatile(serde_json::from_str(&expected_text).unwrap());
+            assert_eq!(actual, expected, "{name} event, schemas {with_schemas}");
+            assert_eq!(key_order(value, payload), key_order(&expected_text, &[]), "{name}: the envelope's field order");
+            let source = [payload, &["source"]].concat();
+            assert_eq!(key_order(value, &source), key_order(&expected_text, &["source"]), "{name}: the source block's field order");
+            if with_schemas {
+                let schema: Value = serde_json::from_str::<Value>(value).unwrap()["schema"].clone();
+                assert_eq!(schema, create_schema, "{name}: every event of the table has the create event's schema");
+            }
+        }
+        if with_schemas {
+            let whole = strip_volatile(serde_json::from_str(&values[0]).unwrap());
+            let golden = strip_volatile(serde_json::from_str(&fixture("customers.create.schemas.json")).unwrap());
+            assert_eq!(whole, golden, "the documented create event with its schema");
+        }
+        let (delete, tombstone) = (&records[2].1, &records[3].1);
+        assert_eq!((tombstone.value.as_ref(), &tombstone.key, tombstone.partition), (None, &delete.key, delete.partition));
+        assert_eq!(tombstone.offset, delete.offset + 1, "the tombstone follows its delete");
+    }
+    running.stop().await.unwrap();
+    scenario.cleanup().await;
+}
+
+/// Every type of the README's Debezium type table through a real producer, a row of values and
+/// a row of NULLs, checked value by value, with the semantic type names of the schema; and
+/// `numeric` in `double` and `string` decimal handling on a second topic.
+#[tokio::test]
+async fn every_type_in_the_readme_table_is_written_as_debezium_types_it() {
+    let t = unique_name("dbz_types");
+    let create = format!(
+        "CREATE TABLE {t} (id int PRIMARY KEY, b boolean, i2 smallint, i4 integer, i8 bigint, o oid, f4 real, \
+         f8 double precision, n numeric(10,2), nv numeric, d date, t0 time, t3 time(3), ttz timetz, ts timestamp, \
+         ts3 timestamp(3), tstz timestamptz, iv interval, j json, jb jsonb, u uuid, x xml, by bytea, tx text, \
+         vc varchar(10), c char(3), ia int[], ta text[], ip inet)"
+    );
+    let mut types = Table::new(&t, create, &[], 1);
+    types.key_columns = vec!["id".into()];
+    let decimals_name = unique_name("dbz_decimals");
+    let mut decimals = Table::new(&decimals_name, format!("CREATE TABLE {decimals_name} (id int PRIMARY KEY, n numeric(10,2), nv numeric)"), &[], 1);
+    decimals.key_columns = vec!["id".into()];
+    let scenario = Scenario::new("dbz_types", vec![types, decimals]).await;
+    let mut double = debezium("types_server", false);
+    double.decimal_handling = DecimalHandling::Double;
+    let mut string = debezium("types_server", false);
+    string.decimal_handling = DecimalHandling::String;
+    let producer = scenario
+        .builder()
+        .output_format(OutputFormat::Debezium(debezium("types_server", true)))
+        .topic_format(scenario.topic_map[&decimals_name].name.clone(), OutputFormat::Debezium(double))
+        .build();
+    let running = RunningProducer::start(producer, &scenario.slot).await;
+    scenario
+        .pg
+        .batch_execute(&format!(
+            "INSERT INTO {t} VALUES (1, true, -32768, 2147483647, 9223372036854775807, 4000000000, 1.5, -2.25e300, \
+             -12345678.91, 3.14159, '2018-06-20', '04:05:06.789012', '04:05:06.789', '01:02:03.25+02', \
+             '2018-06-20 15:13:16.945104', '2018-06-20 15:13:16.945', '2018-06-20 15:13:16.945104+02', \
+             '1 year 2 mons 3 days 04:05:06.5', '{{\"a\": [1, 2]}}', '{{\"b\":null}}', \
+             'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11', '<a>x</a>', '\\x00ff10', 'say \"hi\"', 'varchar', 'ab', \
+             '{{1,NULL,3}}', '{{\"a b\",NULL}}', '192.168.0.1'); \
+             INSERT INTO {t} (id) VALUES (2); \
+             INSERT INTO {decimals_name} VALUES (1, -12345678.91, 3.14159)"
+        ))
+        .await
+        .unwrap();
+    let records = read_at_least(&scenario.topics, 3, Duration::from_secs(60)).await;
+    let of_topic = |index: usize| -> Vec<Value> {
+        records
+            .iter()
+            .filter(|(topic, _)| *topic == scenario.topics[index])
+            .map(|(_, r)| serde_json::from_slice(r.value.as_deref().unwrap()).unwrap())
+            .collect()
+    };
+    let typed = of_topic(0);
+    assert_eq!(typed.len(), 2);
+    let after = &typed[0]["payload"]["after"];
+    let expected = json!({
+        "id": 1, "b": true, "i2": -32768, "i4": 2147483647, "i8": 9223372036854775807i64, "o": 4000000000i64,
+        "f4": 1.5, "f8": -2.25e300,
+        "n": "tmn9LQ==",                                   // -1234567891 unscaled, scale 2
+        "nv": {"scale": 5, "value": "BMsv"},              // 314159, scale 5
+        "d": 17702, "t0": 14706789012i64, "t3": 14706789, "ttz": "23:02:03.25Z",
+        "ts": 1529507596945104i64, "ts3": 1529507596945i64, "tstz": "2018-06-20T13:13:16.945104Z",
+        "iv": 37091106500000i64, "j": "{\"a\": [1, 2]}", "jb": "{\"b\": null}",
+        "u": "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11", "x": "<a>x</a>", "by": "AP8Q", "tx": "say \"hi\"",
+        "vc": "varchar", "c": "ab ", "ia": [1, null, 3], "ta": ["a b", null], "ip": "192.168.0.1"
+    });
+    for (column, value) in expected.as_object().unwrap() {
+        assert_eq!(&after[column], value, "column {column}");
+    }
+    let nulls = typed[1]["payload"]["after"].as_object().unwrap();
+    assert!(nulls.iter().all(|(column, value)| column == "id" || value.is_null()), "{nulls:?}");
+    let fields = typed[0]["schema"]["fields"][1]["fields"].as_array().unwrap();
+    let schema_of = |column: &str| fields.iter().find(|f| f["field"] == column).unwrap().clone();
+    assert_eq!(schema_of("id")["optional"], false);
+    assert_eq!(schema_of("b"), json!({"type": "boolean", "optional": true, "field": "b"}));
+    assert_eq!(schema_of("n")["parameters"], json!({"scale": "2", "connect.decimal.precision": "10"}));
+    for (column, name) in [
+        ("n", "org.apache.kafka.connect.data.Decimal"),
+        ("nv", "io.debezium.data.VariableScaleDecimal"),
+        ("d", "io.debezium.time.Date"),
+        ("t0", "io.debezium.time.MicroTime"),
+        ("t3", "io.debezium.time.Time"),
+        ("ttz", "io.debezium.time.ZonedTime"),
+        ("ts", "io.debezium.time.MicroTimestamp"),
+        ("ts3", "io.debezium.time.Timestamp"),
+        ("tstz", "io.debezium.time.ZonedTimestamp"),
+        ("iv", "io.debezium.time.MicroDuration"),
+        ("j", "io.debezium.data.Json"),
+        ("jb", "io.debezium.data.Json"),
+        ("u", "io.debezium.data.Uuid"),
+        ("x", "io.debezium.data.Xml"),
+    ] {
+        assert_eq!(schema_of(column)["name"], name, "column {column}");
+    }
+    assert_eq!(schema_of("by")["type"], "bytes");
+    assert_eq!(schema_of("ia")["items"], json!({"type": "int32", "optional": true}));
+    assert_eq!(schema_of("ip")["type"], "string");
+    let decimal = &of_topic(1)[0]["after"];
+    assert_eq!((decimal["n"].as_f64(), decimal["nv"].as_f64()), (Some(-12345678.91), Some(3.14159)), "decimal_handling double");
+    running.stop().await.unwrap();
+
+    // The same rows again, read by a producer whose decimal topic writes strings.
+    let producer = scenario
+        .builder()
+        .output_format(OutputFormat::Debezium(debezium("types_server", true)))
+        .topic_format(scenario.topic_map[&decimals_name].name.clone(), OutputFormat::Debezium(string))
+        .build();
+    let running = RunningProducer::start(producer, &scenario.slot).await;
+    scenario.pg.batch_execute(&format!("INSERT INTO {decimals_name} VALUES (2, 0.5, 'NaN')")).await.unwrap();
+    let records = read_at_least(&scenario.topics[1..], 2, Duration::from_secs(60)).await;
+    let value: Value = serde_json::from_slice(records[1].1.value.as_deref().unwrap()).unwrap();
+    assert_eq!((value["after"]["n"].as_str(), value["after"]["nv"].as_str()), (Some("0.50"), Some("NaN")), "decimal_handling string");
+    running.stop().await.unwrap();
+    scenario.cleanup().await;
+}
+
+/// Transaction metadata, tombstones and heartbeats together: a transaction over two tables
+/// gets BEGIN before its first event and END after its last on `<name>.transaction`, with the
+/// event count per table; each event's `transaction` block gives its place; a delete is
+/// followed by its tombstone; heartbeats on `__debezium-heartbeat.<name>` carry the position
+/// confirmed to the slot, which passes the last transaction's commit LSN once it is delivered.
+#[tokio::test]
+async fn transaction_records_tombstones_and_heartbeats() {
+    let (a, table_a) = id_table("dbz_tx_a", 2);
+    let (b, table_b) = id_table("dbz_tx_b", 1);
+    let scenario = Scenario::new("dbz_tx", vec![table_a, table_b]).await;
+    let name = unique_name("dbz_server");
+    let mut options = debezium(&name, false);
+    options.transaction_metadata = true;
+    options.heartbeat_interval = Some(Duration::from_secs(1));
+    let (transaction_topic, heartbeat_topic) = (options.transaction_topic(), options.heartbeat_topic());
+    assert_eq!((transaction_topic.clone(), heartbeat_topic.clone()), (format!("{name}.transaction"), format!("__debezium-heartbeat.{name}")));
+    create_topic(&transaction_topic, 1).await;
+    create_topic(&heartbeat_topic, 1).await;
+    let producer = scenario.builder().output_format(OutputFormat::Debezium(options)).build();
+    let running = RunningProducer::start(producer, &scenario.slot).await;
+    scenario
+        .pg
+        .batch_execute(&format!(
+            "BEGIN; INSERT INTO {a} VALUES (1, 'x'); INSERT INTO {b} VALUES (1, 'y'); INSERT INTO {a} VALUES (2, 'z'); COMMIT; \
+             DELETE FROM {a} WHERE id = 1"
+        ))
+        .await
+        .unwrap();
+
+    let boundaries = read_at_least(&[transaction_topic.clone()], 4, Duration::from_secs(60)).await;
+    let boundaries: Vec<Value> = boundaries.iter().map(|(_, r)| serde_json::from_slice(r.value.as_deref().unwrap()).unwrap()).collect();
+    let statuses: Vec<&str> = boundaries.iter().map(|v| v["status"].as_str().unwrap()).collect();
+    assert_eq!(statuses, ["BEGIN", "END", "BEGIN", "END"]);
+    let (first_id, second_id) = (boundaries[0]["id"].as_str().unwrap(), boundaries[2]["id"].as_str().unwrap());
+    assert_eq!(boundaries[1]["id"], first_id);
+    assert_eq!((boundaries[0]["event_count"].clone(), boundaries[0]["data_collections"].clone()), (Value::Null, Value::Null));
+    assert_eq!(boundaries[1]["event_count"], 3);
+    assert_eq!(
+        boundaries[1]["data_collections"],
+        json!([{"data_collection": format!("public.{a}"), "event_count": 2}, {"data_collection": format!("public.{b}"), "event_count": 1}])
+    );
+    assert_eq!((boundaries[3]["id"].as_str(), boundaries[3]["event_count"].as_u64()), (Some(second_id), Some(1)));
+
+    let records = read_at_least(&scenario.topics, 5, Duration::from_secs(60)).await;
+    let event = |topic: usize, id: i64, op: &str| -> Value {
+        records
+            .iter()
+            .filter(|(t, r)| *t == scenario.topics[topic] && r.value.is_some())
+            .map(|(_, r)| serde_json::from_slice::<Value>(r.value.as_deref().unwrap()).unwrap())
+            .find(|v| v["op"] == op && (v["after"]["id"] == id || v["before"]["id"] == id))
+            .unwrap_or_else(|| panic!("no {op} event of id {id} in {records:?}"))
+    };
+    let block = |v: Value| v["transaction"].clone();
+    assert_eq!(block(event(0, 1, "c")), json!({"id": first_id, "total_order": 1, "data_collection_order": 1}));
+    assert_eq!(block(event(1, 1, "c")), json!({"id": first_id, "total_order": 2, "data_collection_order": 1}));
+    assert_eq!(block(event(0, 2, "c")), json!({"id": first_id, "total_order": 3, "data_collection_order": 2}));
+    assert_eq!(block(event(0, 1, "d")), json!({"id": second_id, "total_order": 1, "data_collection_order": 1}));
+    let deleted = records.iter().position(|(t, r)| *t == scenario.topics[0] && r.value.as_deref().is_some_and(|v| v.windows(8).any(|w| w == br#""op":"d""#))).unwrap();
+    let (delete, tombstone) = (&records[deleted].1, &records[deleted + 1].1);
+    assert_eq!((tombstone.value.as_ref(), &tombstone.key, tombstone.partition, tombstone.offset), (None, &delete.key, delete.partition, delete.offset + 1));
+    assert_eq!(delete.key.as_deref(), Some(&br#"{"id":1}"#[..]));
+
+    // The transaction id is `<xid>:<commit LSN>`: the last heartbeat passes that LSN.
+    let last_commit: u64 = second_id.split(':').nth(1).unwrap().parse().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let beats = read_topics(&[heartbeat_topic.clone()]).await;
+        let last = beats.last().map(|(_, r)| {
+            assert_eq!(r.key.as_deref(), Some(format!(r#"{{"serverName":"{name}"}}"#).as_bytes()));
+            serde_json::from_slice::<Value>(r.value.as_deref().unwrap()).unwrap()
+        });
+        if let Some(last) = last.filter(|v| v["lsn"].as_u64().is_some_and(|lsn| lsn >= last_commit)) {
+            assert!(last["ts_ms"].as_i64().unwrap() > 1_700_000_000_000);
+            break;
+        }
+        assert!(Instant::now() < deadline, "no heartbeat past LSN {last_commit}: {beats:?}");
+    }
+    running.stop().await.unwrap();
+    scenario.cleanup().await;
+}
