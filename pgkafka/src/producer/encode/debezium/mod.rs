@@ -417,7 +417,7 @@ fn avro_name(part: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
+    #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
     use super::*;
     use crate::producer::encode::Source;
     use serde_json::{json, Value};

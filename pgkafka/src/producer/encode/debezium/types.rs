@@ -152,8 +152,9 @@ impl Kind {
             Self::Int16 => push_integer::<i16>(text, out)?,
             Self::Int32 => push_integer::<i32>(text, out)?,
             Self::Int64 => push_integer::<i64>(text, out)?,
-            Self::Float32 => push_float(text.parse::<f32>().map(f64::from), text, out)?,
-            Self::Float64 => push_float(text.parse::<f64>(), text, out)?,
+            // Each width printed as its own shortest form (a `real` 0.1 is 0.1, not 0.100000001).
+            Self::Float32 => push_float(text, text.parse::<f32>().ok().filter(|v| v.is_finite()).and_then(|v| serde_json::to_string(&v).ok()), out)?,
+            Self::Float64 => push_float(text, text.parse::<f64>().ok().filter(|v| v.is_finite()).and_then(|v| serde_json::to_string(&v).ok()), out)?,
             Self::Numeric(typmod) => push_numeric(text, *typmod, decimal, out)?,
             Self::Date => out.extend_from_slice(days_since_epoch(text)?.to_string().as_bytes()),
             Self::Time { precision } => {
@@ -234,29 +235,23 @@ fn push_integer<T: std::str::FromStr + std::fmt::Display>(text: &str, out: &mut 
     Ok(())
 }
 
-/// A finite float as a JSON number; `NaN`, `Infinity` and `-Infinity`, which JSON has no
-/// number for, as those strings.
-fn push_float(parsed: Result<f64, std::num::ParseFloatError>, text: &str, out: &mut Vec<u8>) -> Result<(), String> {
-    let value = match text {
-        "NaN" | "Infinity" | "-Infinity" => {
-            push_str(out, text);
-            return Ok(());
-        }
-        _ => parsed.map_err(|_| format!("{text:?} is not a number"))?,
-    };
-    if !value.is_finite() {
-        return Err(format!("{text:?} is out of range"));
+/// A finite float (`shortest`: its shortest form at its own width, as `serde_json` writes
+/// it) as a JSON number; `NaN`, `Infinity` and `-Infinity`, which JSON has no number
+/// for, as those strings.
+fn push_float(text: &str, shortest: Option<String>, out: &mut Vec<u8>) -> Result<(), String> {
+    if matches!(text, "NaN" | "Infinity" | "-Infinity") {
+        push_str(out, text);
+        return Ok(());
     }
-    // PostgreSQL prints the shortest text that reads back as the same float, as JSON numbers are read.
-    let json = serde_json::Number::from_f64(value).ok_or_else(|| format!("{text:?} is not a finite number"))?;
-    out.extend_from_slice(json.to_string().as_bytes());
+    let shortest = shortest.ok_or_else(|| format!("{text:?} is not a finite number"))?;
+    out.extend_from_slice(shortest.as_bytes());
     Ok(())
 }
 
 fn push_numeric(text: &str, typmod: Option<(u32, u32)>, decimal: DecimalHandling, out: &mut Vec<u8>) -> Result<(), String> {
     match decimal {
         DecimalHandling::String => push_str(out, text),
-        DecimalHandling::Double => push_float(text.parse::<f64>(), if text == "NaN" { "NaN" } else { text }, out)?,
+        DecimalHandling::Double => push_float(text, text.parse::<f64>().ok().filter(|v| v.is_finite()).and_then(|v| serde_json::to_string(&v).ok()), out)?,
         DecimalHandling::Precise => {
             let (negative, digits, scale) = parse_decimal(text)?;
             match typmod {
@@ -616,7 +611,9 @@ mod tests {
         assert_eq!(precise(23, -1, "42"), "42");
         assert_eq!(precise(20, -1, "9223372036854775807"), "9223372036854775807");
         assert_eq!(precise(700, -1, "1.5"), "1.5");
-        assert_eq!(precise(701, -1, "-1e+300"), "-1e+300");
+        assert_eq!(precise(700, -1, "0.1"), "0.1");
+        assert_eq!(precise(701, -1, "1e-07"), "1e-7");
+        assert_eq!(precise(701, -1, "-2.25e+300"), "-2.25e+300");
         assert_eq!(precise(701, -1, "NaN"), r#""NaN""#);
         assert_eq!(precise(701, -1, "-Infinity"), r#""-Infinity""#);
         assert!(value(&Kind::Int16, "70000", DecimalHandling::Precise).is_err());
