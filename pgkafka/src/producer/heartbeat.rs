@@ -57,3 +57,33 @@ impl Heartbeat {
         Some(Record { table_name: "(heartbeat)", topic: &self.topic, key: &self.key, value: Some(&self.value), timestamp_ms: now_ms })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
+    use super::*;
+
+    /// One record per interval, none in between, each saying the position it is given.
+    #[test]
+    fn a_heartbeat_is_due_once_per_interval() {
+        let start = Instant::now();
+        let mut options = DebeziumOptions::new("server");
+        options.schemas = false;
+        let interval = Duration::from_secs(5);
+        let mut heartbeat = Heartbeat {
+            options: Arc::new(options),
+            topic: "__debezium-heartbeat.server".into(),
+            interval,
+            next: start + interval,
+            key: Vec::new(),
+            value: Vec::new(),
+        };
+        assert!(heartbeat.due(Lsn(1), start).is_none());
+        let record = heartbeat.due(Lsn(0x500), start + interval).unwrap();
+        assert_eq!((record.topic, record.key), ("__debezium-heartbeat.server", &br#"{"serverName":"server"}"#[..]));
+        let value: serde_json::Value = serde_json::from_slice(record.value.unwrap()).unwrap();
+        assert_eq!(value["lsn"], 0x500);
+        assert!(heartbeat.due(Lsn(0x500), start + interval + Duration::from_secs(4)).is_none());
+        assert!(heartbeat.due(Lsn(0x600), start + interval * 2).is_some());
+    }
+}
