@@ -464,7 +464,8 @@ impl Encoder {
                 change_lsn: wal_start,
                 last_commit_lsn: *last_commit_lsn,
                 snapshot: false,
-                now_micros: clock(),
+                // Only the Debezium format writes the time of writing: no clock read on the pgkafka path.
+                now_micros: if relation.format.debezium().is_some() { clock() } else { 0 },
                 transaction,
             },
         };
