@@ -128,18 +128,20 @@ pub(crate) struct Record<'a> {
 }
 
 /// The records of one row change, in the order they are sent: a transaction's BEGIN record
-/// before its first change, the change, a tombstone after a delete.
+/// before its first change, the change, a tombstone after a delete, and the create event of an
+/// update that changed the key (which the Debezium format writes as a delete and a create).
 #[derive(Debug)]
 pub(crate) struct Records<'a> {
     pub(crate) begin: Option<Record<'a>>,
     pub(crate) change: Record<'a>,
     pub(crate) tombstone: Option<Record<'a>>,
+    pub(crate) created: Option<Record<'a>>,
 }
 
 impl<'a> Records<'a> {
     /// The records in sending order.
     pub(crate) fn iter(&self) -> impl Iterator<Item = &Record<'a>> {
-        self.begin.iter().chain(std::iter::once(&self.change)).chain(self.tombstone.iter())
+        self.begin.iter().chain(std::iter::once(&self.change)).chain(self.tombstone.iter()).chain(self.created.iter())
     }
 }
 
@@ -202,6 +204,9 @@ pub(crate) struct Encoder {
     clock: fn() -> i64,
     key: Vec<u8>,
     value: Vec<u8>,
+    /// The key and value of the create event of an update that changed the key (Debezium).
+    created_key: Vec<u8>,
+    created_value: Vec<u8>,
     /// The key and value of a transaction's BEGIN or END record.
     boundary_key: Vec<u8>,
     boundary_value: Vec<u8>,
@@ -230,6 +235,8 @@ impl Encoder {
             clock: system_clock,
             key: Vec::with_capacity(64),
             value: Vec::with_capacity(512),
+            created_key: Vec::new(),
+            created_value: Vec::new(),
             boundary_key: Vec::new(),
             boundary_value: Vec::new(),
             boundary_topic: String::new(),
@@ -359,7 +366,8 @@ impl Encoder {
     /// The hot path: one relation lookup, the rows moved (not copied) out of the message, key
     /// and value written into reused buffers.
     fn encode_change(&mut self, relation_id: u32, rows: Rows, wal_start: Lsn, position: Lsn) -> Result<Records<'_>, ProducerError> {
-        let Self { relations, tx, key, value, boundary_key, boundary_value, last_commit_lsn, clock, .. } = self;
+        let Self { relations, tx, key, value, created_key, created_value, boundary_key, boundary_value, last_commit_lsn, clock, .. } =
+            self;
         let Some(tx) = tx.as_mut() else {
             return Err(protocol(position, "a row change outside a transaction".into()));
         };
@@ -397,12 +405,21 @@ impl Encoder {
                  was confirmed to the slot"
             ))
         };
-        key.clear();
-        relation.format.write_key(change.key_row(), key_indexes, key).map_err(cannot_encode)?;
+        let debezium = relation.format.debezium();
+        // Debezium writes an update that changes the key as a delete of the old key (and its
+        // tombstone) and a create of the new one, so a compacted topic forgets the old key.
+        let (first, created) = match change {
+            Change::Update(old, new) if debezium.is_some() && key_indexes.iter().any(|&i| old.get(i) != new.get(i)) => {
+                (Change::Delete(old), Some(new))
+            }
+            _ => (change, None),
+        };
 
-        // Debezium transaction metadata: BEGIN before the first event, then the event's place.
+        // Debezium transaction metadata: BEGIN before the first event, then each event's place.
         let mut begins = false;
-        if let Some(table) = relation.format.debezium().filter(|table| table.options().transaction_metadata) {
+        let mut orders = [(0u64, 0u64); 2];
+        let with_metadata = debezium.filter(|table| table.options().transaction_metadata);
+        if let Some(table) = with_metadata {
             let metadata = tx.metadata.get_or_insert_with(|| {
                 begins = true;
                 TransactionMetadata {
@@ -413,29 +430,27 @@ impl Encoder {
                     data_collections: Vec::new(),
                 }
             });
-            metadata.event_count += 1;
             let collection = table.data_collection();
-            match metadata.data_collections.iter_mut().find(|(name, _)| *name == collection) {
-                Some((_, count)) => *count += 1,
-                None => metadata.data_collections.push((collection, 1)),
+            for order in orders.iter_mut().take(if created.is_some() { 2 } else { 1 }) {
+                metadata.event_count += 1;
+                let count = match metadata.data_collections.iter_mut().find(|(name, _)| *name == collection) {
+                    Some((_, count)) => {
+                        *count += 1;
+                        *count
+                    }
+                    None => {
+                        metadata.data_collections.push((collection.clone(), 1));
+                        1
+                    }
+                };
+                *order = (metadata.event_count, count);
             }
         }
-        let transaction = match (relation.format.debezium(), tx.metadata.as_ref()) {
-            (Some(table), Some(metadata)) if table.options().transaction_metadata => {
-                let collection = table.data_collection();
-                Some(TransactionPosition {
-                    id: &metadata.id,
-                    total_order: metadata.event_count,
-                    data_collection_order: metadata
-                        .data_collections
-                        .iter()
-                        .find(|(name, _)| *name == collection)
-                        .map_or(1, |(_, count)| *count),
-                })
-            }
-            _ => None,
+        let metadata = tx.metadata.as_ref().filter(|_| with_metadata.is_some());
+        let place = |(total_order, data_collection_order): (u64, u64)| {
+            metadata.map(|m| TransactionPosition { id: &m.id, total_order, data_collection_order })
         };
-        let begin = match (begins, tx.metadata.as_ref()) {
+        let begin = match (begins, metadata) {
             (true, Some(metadata)) => {
                 boundary_key.clear();
                 boundary_value.clear();
@@ -451,28 +466,37 @@ impl Encoder {
             _ => None,
         };
 
-        value.clear();
-        let op = RowOp {
+        let source = Source {
+            xid: Some(tx.xid),
+            commit_time_micros: tx.commit_time_micros,
+            change_lsn: wal_start,
+            last_commit_lsn: *last_commit_lsn,
+            snapshot: false,
+            // Only the Debezium format writes the time of writing: no clock read on the pgkafka path.
+            now_micros: if debezium.is_some() { clock() } else { 0 },
+            transaction: place(orders[0]),
+        };
+        let op = |change, transaction| RowOp {
             table_name: &relation.route.table_name,
             col_names: &relation.col_names,
             lsn: tx.commit_lsn.0,
             seq_id: tx.next_seq,
             op: change,
-            source: Source {
-                xid: Some(tx.xid),
-                commit_time_micros: tx.commit_time_micros,
-                change_lsn: wal_start,
-                last_commit_lsn: *last_commit_lsn,
-                snapshot: false,
-                // Only the Debezium format writes the time of writing: no clock read on the pgkafka path.
-                now_micros: if relation.format.debezium().is_some() { clock() } else { 0 },
-                transaction,
-            },
+            source: Source { transaction, ..source },
         };
-        relation.format.write_value(&op, value).map_err(cannot_encode)?;
+        key.clear();
+        relation.format.write_key(first.key_row(), key_indexes, key).map_err(cannot_encode)?;
+        value.clear();
+        relation.format.write_value(&op(first, place(orders[0])), value).map_err(cannot_encode)?;
+        if let Some(new) = created {
+            created_key.clear();
+            relation.format.write_key(new, key_indexes, created_key).map_err(cannot_encode)?;
+            created_value.clear();
+            relation.format.write_value(&op(Change::Insert(new), place(orders[1])), created_value).map_err(cannot_encode)?;
+        }
         tx.next_seq += 1;
-        let is_delete = matches!(change, Change::Delete(_));
-        let record = |value| Record {
+        let is_delete = matches!(first, Change::Delete(_));
+        let record = |key, value| Record {
             table_name: &relation.route.table_name,
             topic: &relation.route.topic,
             key,
@@ -481,8 +505,9 @@ impl Encoder {
         };
         Ok(Records {
             begin,
-            change: record(Some(value)),
-            tombstone: (is_delete && relation.format.tombstones()).then(|| record(None)),
+            change: record(key, Some(value)),
+            tombstone: (is_delete && relation.format.tombstones()).then(|| record(key, None)),
+            created: created.map(|_| record(created_key, Some(created_value))),
         })
     }
 
@@ -705,7 +730,7 @@ mod tests {
     /// The record's key, value (as the wire type) and timestamp.
     fn record(encoded: Encoded<'_>) -> (Vec<u8>, ReplicationOp, i64) {
         let Encoded::Records(records) = encoded else { panic!("expected a record, got {encoded:?}") };
-        assert!(records.begin.is_none() && records.tombstone.is_none(), "{records:?}");
+        assert!(records.begin.is_none() && records.tombstone.is_none() && records.created.is_none(), "{records:?}");
         let record = records.change;
         assert_eq!((record.topic, record.table_name), ("orders_topic", "sales.orders"));
         (record.key.to_vec(), serde_json::from_slice(record.value.unwrap()).unwrap(), record.timestamp_ms)
@@ -833,5 +858,47 @@ mod tests {
         assert!(encoder.commit().is_some());
         encoder.begin(Lsn(0x700), 0, 44);
         assert!(encoder.commit().is_none(), "an empty transaction has no records");
+    }
+
+    /// An update that changes the key is, in the Debezium format as in Debezium, a delete of
+    /// the old key with its tombstone and a create of the new key, each an event of the
+    /// transaction; in the pgkafka format it stays one update keyed by the new row.
+    #[test]
+    fn an_update_of_the_key_is_a_delete_and_a_create_in_the_debezium_format() {
+        use crate::producer::{DebeziumOptions, OutputFormat};
+        let mut options = DebeziumOptions::new("server");
+        options.schemas = false;
+        options.transaction_metadata = true;
+        let mut encoder = encoder_with(&[], &OutputFormat::Debezium(options));
+        encoder.encode(&wire::relation(7, "sales", "orders", &["id", "org", "doc"]), Lsn(0), Lsn(1)).unwrap();
+        encoder.begin(Lsn(0x500), 0, 42);
+        let old: &[Option<&str>] = &[Some("1"), Some("2"), None];
+        let message = wire::update(7, Some((b'O', old)), &[Some("9"), Some("2"), None]);
+        let Encoded::Records(records) = encoder.encode(&message, Lsn(0x490), Lsn(1)).unwrap() else { panic!() };
+        let json = |bytes: Option<&[u8]>| serde_json::from_slice::<serde_json::Value>(bytes.unwrap()).unwrap();
+        let kinds: Vec<(&[u8], Option<String>)> = records
+            .iter()
+            .map(|r| (r.key, r.value.map(|v| json(Some(v))["op"].as_str().unwrap_or("BEGIN").to_owned())))
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                (&br#"{"id":"42:1280"}"#[..], Some("BEGIN".to_owned())),
+                (&br#"{"id":"1"}"#[..], Some("d".to_owned())),
+                (&br#"{"id":"1"}"#[..], None),
+                (&br#"{"id":"9"}"#[..], Some("c".to_owned())),
+            ]
+        );
+        let created = json(records.created.as_ref().unwrap().value);
+        assert_eq!((created["before"].clone(), created["after"]["id"].clone()), (serde_json::Value::Null, serde_json::json!("9")));
+        assert_eq!(created["transaction"]["total_order"], 2);
+        assert_eq!(json(records.change.value)["transaction"]["total_order"], 1);
+        assert_eq!(json(encoder.commit().unwrap().value)["event_count"], 2);
+
+        let mut pgkafka = encoder_with(&[], &OutputFormat::Pgkafka);
+        pgkafka.encode(&wire::relation(7, "sales", "orders", &["id", "org", "doc"]), Lsn(0), Lsn(1)).unwrap();
+        pgkafka.begin(Lsn(0x500), 0, 42);
+        let (k, op, _) = record(pgkafka.encode(&message, Lsn(0), Lsn(1)).unwrap());
+        assert_eq!((k, op.op.kind()), (key(&["9"]), pgkafka_common::OpKind::Update));
     }
 }
