@@ -147,6 +147,8 @@ impl<'a> Records<'a> {
 
 /// What one pgoutput message turned into.
 #[derive(Debug)]
+// Returned once per message and consumed at once: boxing the records would allocate per change.
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum Encoded<'a> {
     /// Nothing to publish (a Relation, Type or Origin message, a logical message).
     Nothing,
