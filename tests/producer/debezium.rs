@@ -294,7 +294,7 @@ async fn every_type_in_the_readme_table_is_written_as_debezium_types_it() {
 /// Transaction metadata, tombstones and heartbeats together: a transaction over two tables
 /// gets BEGIN before its first event and END after its last on `<name>.transaction`, with the
 /// event count per table; each event's `transaction` block gives its place; a delete is
-/// followed by its tombstone; heartbeats on `__debezium-heartbeat.<name>` carry the position
+/// followed by its tombstone; an update of the key is a delete, tombstone and create; heartbeats on `__debezium-heartbeat.<name>` carry the position
 /// confirmed to the slot, which passes the last transaction's commit LSN once it is delivered.
 #[tokio::test]
 async fn transaction_records_tombstones_and_heartbeats() {
@@ -320,12 +320,16 @@ async fn transaction_records_tombstones_and_heartbeats() {
         ))
         .await
         .unwrap();
+    // A statement batch after COMMIT is one transaction: the key update gets its own.
+    scenario.pg.batch_execute(&format!("UPDATE {a} SET id = 3 WHERE id = 2")).await.unwrap();
 
-    let boundaries = read_at_least(std::slice::from_ref(&transaction_topic), 4, Duration::from_secs(60)).await;
+    let boundaries = read_at_least(std::slice::from_ref(&transaction_topic), 6, Duration::from_secs(60)).await;
     let boundaries: Vec<Value> = boundaries.iter().map(|(_, r)| serde_json::from_slice(r.value.as_deref().unwrap()).unwrap()).collect();
     let statuses: Vec<&str> = boundaries.iter().map(|v| v["status"].as_str().unwrap()).collect();
-    assert_eq!(statuses, ["BEGIN", "END", "BEGIN", "END"]);
+    assert_eq!(statuses, ["BEGIN", "END", "BEGIN", "END", "BEGIN", "END"]);
     let (first_id, second_id) = (boundaries[0]["id"].as_str().unwrap(), boundaries[2]["id"].as_str().unwrap());
+    let third_id = boundaries[4]["id"].as_str().unwrap();
+    assert_eq!((boundaries[5]["id"].as_str(), boundaries[5]["event_count"].as_u64()), (Some(third_id), Some(2)));
     assert_eq!(boundaries[1]["id"], first_id);
     assert_eq!((boundaries[0]["event_count"].clone(), boundaries[0]["data_collections"].clone()), (Value::Null, Value::Null));
     assert_eq!(boundaries[1]["event_count"], 3);
@@ -335,7 +339,7 @@ async fn transaction_records_tombstones_and_heartbeats() {
     );
     assert_eq!((boundaries[3]["id"].as_str(), boundaries[3]["event_count"].as_u64()), (Some(second_id), Some(1)));
 
-    let records = read_at_least(&scenario.topics, 5, Duration::from_secs(60)).await;
+    let records = read_at_least(&scenario.topics, 8, Duration::from_secs(60)).await;
     let event = |topic: usize, id: i64, op: &str| -> Value {
         records
             .iter()
@@ -349,13 +353,22 @@ async fn transaction_records_tombstones_and_heartbeats() {
     assert_eq!(block(event(1, 1, "c")), json!({"id": first_id, "total_order": 2, "data_collection_order": 1}));
     assert_eq!(block(event(0, 2, "c")), json!({"id": first_id, "total_order": 3, "data_collection_order": 2}));
     assert_eq!(block(event(0, 1, "d")), json!({"id": second_id, "total_order": 1, "data_collection_order": 1}));
-    let deleted = records.iter().position(|(t, r)| *t == scenario.topics[0] && r.value.as_deref().is_some_and(|v| v.windows(8).any(|w| w == br#""op":"d""#))).unwrap();
-    let (delete, tombstone) = (&records[deleted].1, &records[deleted + 1].1);
-    assert_eq!((tombstone.value.as_ref(), &tombstone.key, tombstone.partition, tombstone.offset), (None, &delete.key, delete.partition, delete.offset + 1));
-    assert_eq!(delete.key.as_deref(), Some(&br#"{"id":1}"#[..]));
+    assert_eq!(block(event(0, 2, "d")), json!({"id": third_id, "total_order": 1, "data_collection_order": 1}));
+    assert_eq!(block(event(0, 3, "c")), json!({"id": third_id, "total_order": 2, "data_collection_order": 2}));
+    let mut deleted_keys = Vec::new();
+    for (index, (topic, delete)) in records.iter().enumerate() {
+        if delete.value.as_deref().is_some_and(|v| v.windows(8).any(|w| w == br#""op":"d""#)) {
+            let tombstone = &records[index + 1].1;
+            assert_eq!((&records[index + 1].0, tombstone.value.as_ref(), &tombstone.key), (topic, None, &delete.key));
+            assert_eq!((tombstone.partition, tombstone.offset), (delete.partition, delete.offset + 1));
+            deleted_keys.push(String::from_utf8(delete.key.clone().unwrap()).unwrap());
+        }
+    }
+    deleted_keys.sort();
+    assert_eq!(deleted_keys, [r#"{"id":1}"#, r#"{"id":2}"#]);
 
     // The transaction id is `<xid>:<commit LSN>`: the last heartbeat passes that LSN.
-    let last_commit: u64 = second_id.split(':').nth(1).unwrap().parse().unwrap();
+    let last_commit: u64 = third_id.split(':').nth(1).unwrap().parse().unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let beats = read_topics(std::slice::from_ref(&heartbeat_topic)).await;
