@@ -229,9 +229,17 @@ fn numeric_typmod(typmod: i32) -> Option<(u32, u32)> {
     Some(((bits >> 16) & 0xffff, bits & 0xffff))
 }
 
-fn push_integer<T: std::str::FromStr + std::fmt::Display>(text: &str, out: &mut Vec<u8>) -> Result<(), String> {
-    let value: T = text.parse().map_err(|_| format!("{text:?} is not an integer of the column's size"))?;
-    out.extend_from_slice(value.to_string().as_bytes());
+/// An integer, checked to be one of the column's size, written as PostgreSQL printed it
+/// (its canonical decimal form, which is the JSON number's).
+fn push_integer<T: std::str::FromStr>(text: &str, out: &mut Vec<u8>) -> Result<(), String> {
+    let not_integer = || format!("{text:?} is not an integer of the column's size");
+    text.parse::<T>().map_err(|_| not_integer())?;
+    // Only the forms JSON allows: no sign but `-`, no leading zero.
+    let digits = text.strip_prefix('-').unwrap_or(text);
+    if digits.starts_with('+') || (digits.len() > 1 && digits.starts_with('0')) {
+        return Err(not_integer());
+    }
+    out.extend_from_slice(text.as_bytes());
     Ok(())
 }
 
@@ -617,6 +625,9 @@ mod tests {
         assert_eq!(precise(701, -1, "NaN"), r#""NaN""#);
         assert_eq!(precise(701, -1, "-Infinity"), r#""-Infinity""#);
         assert!(value(&Kind::Int16, "70000", DecimalHandling::Precise).is_err());
+        assert!(value(&Kind::Int32, "+5", DecimalHandling::Precise).is_err());
+        assert!(value(&Kind::Int32, "007", DecimalHandling::Precise).is_err());
+        assert_eq!(precise(23, -1, "0"), "0");
     }
 
     /// Kafka Connect's Decimal: the unscaled value, big-endian two's complement, base64
