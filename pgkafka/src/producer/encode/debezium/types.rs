@@ -393,7 +393,8 @@ fn days_since_epoch(text: &str) -> Result<i64, String> {
     let year: i64 = year.parse().map_err(|_| bad())?;
     let month: u32 = month.parse().map_err(|_| bad())?;
     let day: u32 = day.parse().map_err(|_| bad())?;
-    if !(1..=12).contains(&month) || !(1..=31).contains(&day) {
+    // PostgreSQL's dates end in year 5874897; beyond, the arithmetic below could overflow.
+    if !(1..=12).contains(&month) || !(1..=31).contains(&day) || year.abs() > 10_000_000 {
         return Err(bad());
     }
     Ok(days_from_civil(if bc { 1 - year } else { year }, month, day))
@@ -407,6 +408,9 @@ fn time_micros(text: &str) -> Result<i64, String> {
     let (seconds, fraction) = seconds.split_once('.').unwrap_or((seconds, ""));
     let number = |s: &str| s.parse::<i64>().ok().filter(|_| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()));
     let (Some(h), Some(m), Some(s)) = (number(hours), number(minutes), number(seconds)) else { return Err(bad()) };
+    if h > 24 || m > 59 || s > 60 {
+        return Err(bad());
+    }
     if fraction.len() > 6 || !fraction.bytes().all(|b| b.is_ascii_digit()) {
         return Err(bad());
     }
@@ -477,7 +481,7 @@ fn zoned_timestamp(text: &str, precision: Option<u8>) -> Result<String, String> 
     };
     let (local, offset) = split_offset(body).ok_or_else(bad)?;
     let local = timestamp_micros(&format!("{local}{bc}")).map_err(|_| bad())?;
-    let utc = local - offset * 1_000_000;
+    let utc = local.saturating_sub(offset * 1_000_000);
     let (days, micros) = (utc.div_euclid(DAY_MICROS), utc.rem_euclid(DAY_MICROS));
     let (year, month, day) = civil_from_days(days);
     let seconds = micros / 1_000_000;
@@ -519,7 +523,11 @@ fn interval_micros(text: &str) -> Result<i64, String> {
             // Hours may exceed 24 in an interval.
             let (hours, rest) = time.split_once(':').ok_or_else(bad)?;
             let hours: i64 = hours.parse().map_err(|_| bad())?;
-            micros += sign * (hours * 3_600_000_000 + time_micros(&format!("00:{rest}")).map_err(|_| bad())?);
+            let time = hours
+                .checked_mul(3_600_000_000)
+                .and_then(|h| h.checked_add(time_micros(&format!("00:{rest}")).ok()?))
+                .ok_or_else(bad)?;
+            micros = micros.checked_add(sign * time).ok_or_else(bad)?;
             continue;
         }
         let count: f64 = word.parse::<i64>().map_err(|_| bad())? as f64;
@@ -531,7 +539,8 @@ fn interval_micros(text: &str) -> Result<i64, String> {
         }
     }
     let day_micros = (months * DAYS_PER_MONTH + days) * 86_400.0 * 1e6;
-    Ok(day_micros as i64 + micros)
+    // A float beyond i64 saturates; the sum, in range for every interval PostgreSQL holds, too.
+    Ok((day_micros as i64).saturating_add(micros))
 }
 
 /// `bytea` in hex output (`\x0102`), the default `bytea_output`.
@@ -682,6 +691,10 @@ mod tests {
         assert_eq!(precise(2950, -1, "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11"), r#""a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11""#);
         assert_eq!(precise(17, -1, "\\x00ff10"), r#""AP8Q""#);
         assert!(value(&Kind::Bytea, "\\000", DecimalHandling::Precise).is_err());
+        for (oid, huge) in [(1082, "9223372036854775807-01-01"), (1114, "99999999999-01-01 00:00:00"), (1083, "99999999999999:00:00"),
+            (1186, "9223372036854775807:00:00 9223372036854775807:00:00"), (1184, "9999999-01-01 00:00:00+15")] {
+            assert!(value(&Kind::of(oid, -1), huge, DecimalHandling::Precise).is_err(), "{oid} {huge}");
+        }
         assert_eq!(precise(1007, -1, "{1,NULL,3}"), "[1,null,3]");
         assert_eq!(precise(1009, -1, r#"{a,"b c","d\"e",NULL,"NULL"}"#), r#"["a","b c","d\"e",null,"NULL"]"#);
         assert_eq!(precise(1009, -1, "{}"), "[]");
@@ -718,6 +731,21 @@ mod tests {
     }
 
     proptest::proptest! {
+        /// Whatever text arrives for whatever type, conversion never panics, and what it
+        /// writes is one valid JSON value.
+        #[test]
+        fn any_text_converts_to_valid_json_or_an_error(
+            oid in proptest::sample::select(vec![16u32, 21, 23, 20, 700, 701, 1700, 1082, 1083, 1266, 1114, 1184, 1186, 114, 2950, 17, 1007, 1009, 1231, 1182, 25]),
+            typmod in proptest::sample::select(vec![-1i32, 0, 3, 6, ((10 << 16) | 2) + 4]),
+            text in "(-?[0-9]{0,4}[-:. ]?){0,6}(BC|[+-][0-9]{2}|infinity|NaN|\\\\x[0-9a-f]{0,6}|\\{[0-9a-z,\"]{0,8}\\})?|.{0,12}",
+            decimal in proptest::sample::select(vec![DecimalHandling::Precise, DecimalHandling::String, DecimalHandling::Double]),
+        ) {
+            let mut out = Vec::new();
+            if Kind::of(oid, typmod).push_value(&text, decimal, &mut out).is_ok() {
+                proptest::prop_assert!(serde_json::from_slice::<serde_json::Value>(&out).is_ok(), "{}", String::from_utf8_lossy(&out));
+            }
+        }
+
         /// Day counts and civil dates convert both ways, across the Gregorian cycles.
         #[test]
         fn days_and_dates_round_trip(days in -3_000_000i64..3_000_000) {
