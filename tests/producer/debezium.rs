@@ -1,5 +1,5 @@
 //! The Debezium output format through a real producer: Debezium's documented example events
-//! reproduced field for field (`tests/fixtures/debezium/`), every type of the README's type table
+//! reproduced field for field (`tests/fixtures/debezium/golden/`), every type of the README's type table
 //! value by value, tombstones, transaction metadata and heartbeats.
 
 use std::fmt;
@@ -15,9 +15,9 @@ use serde_json::{json, Value};
 
 use super::{id_table, Scenario, Table};
 
-/// A golden file of `tests/fixtures/debezium/`.
+/// A golden file of `tests/fixtures/debezium/golden/`.
 fn fixture(name: &str) -> String {
-    let path = format!("{}/fixtures/debezium/{name}", env!("CARGO_MANIFEST_DIR"));
+    let path = format!("{}/fixtures/debezium/golden/{name}", env!("CARGO_MANIFEST_DIR"));
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
 }
 
@@ -395,13 +395,17 @@ fn pgkafka_binary() -> std::path::PathBuf {
 }
 
 /// A Debezium event of an `(id int, v text)` table as the `ReplicationOp` it stands for: the
-/// commit LSN from the transaction id (`<xid>:<commit LSN>`), the sequence number from
-/// `total_order`, the values as text; the key `{"id": n}` as pgkafka's `["n"]`. Re-sent events
-/// differ in `ts_ms` and `source.sequence` only, which this leaves out.
+/// commit LSN from the transaction id (`<xid>:<commit LSN>`, checked against
+/// `source.sequence`), the sequence number from `total_order`, the values as text; the key
+/// `{"id": n}` as pgkafka's `["n"]`. Re-sent events differ in `ts_ms` only, which this leaves out.
 fn as_replication_op(table: &str, record: &Record) -> Record {
     let event: Value = serde_json::from_slice(record.value.as_deref().unwrap()).unwrap();
     let tx = &event["transaction"];
     let lsn: u64 = tx["id"].as_str().unwrap().split(':').nth(1).unwrap().parse().unwrap();
+    // `source.sequence`'s first element is the LSN just below the commit, in every run: what a
+    // consumer orders by (pgkafka's takes lsn = sequence[0] + 1).
+    let sequence: Vec<Option<String>> = serde_json::from_str(event["source"]["sequence"].as_str().unwrap()).unwrap();
+    assert_eq!(sequence[0].as_deref().map(|s| s.parse::<u64>().unwrap() + 1), Some(lsn), "{event}");
     let seq_id = tx["total_order"].as_u64().unwrap() - 1;
     let row = |row: &Value| -> Vec<Option<String>> {
         ["id", "v"].iter().map(|c| match &row[c] {

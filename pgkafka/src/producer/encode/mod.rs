@@ -73,7 +73,8 @@ pub(crate) struct Source<'a> {
     pub(crate) commit_time_micros: i64,
     /// The change's own WAL position (the XLogData message's start).
     pub(crate) change_lsn: Lsn,
-    /// The commit LSN of the transaction before this one in the stream, if any.
+    /// Debezium's `lastCommitLsn`, the first element of `source.sequence`: a position below
+    /// this transaction's commit and above the previous transaction's, the same in every run.
     pub(crate) last_commit_lsn: Option<Lsn>,
     /// Whether the row was read by a snapshot rather than streamed (Debezium op `r`).
     pub(crate) snapshot: bool,
@@ -87,7 +88,15 @@ impl Source<'_> {
     /// A row read by a snapshot at `position`, written at `now_micros`.
     #[allow(dead_code)] // The snapshot source's call site.
     pub(crate) fn snapshot_row(position: Lsn, now_micros: i64) -> Self {
-        Self { change_lsn: position, commit_time_micros: now_micros, now_micros, snapshot: true, ..Self::default() }
+        Self {
+            change_lsn: position,
+            // Debezium's snapshot rows carry the position the stream continues from.
+            last_commit_lsn: Some(position),
+            commit_time_micros: now_micros,
+            now_micros,
+            snapshot: true,
+            ..Self::default()
+        }
     }
 }
 
@@ -200,8 +209,6 @@ pub(crate) struct Encoder {
     database: String,
     relations: HashMap<u32, Relation>,
     tx: Option<Transaction>,
-    /// The commit LSN of the last transaction that ended (Debezium's `source.sequence`).
-    last_commit_lsn: Option<Lsn>,
     /// Microseconds since the Unix epoch, now (a fixed clock in tests).
     clock: fn() -> i64,
     key: Vec<u8>,
@@ -233,7 +240,6 @@ impl Encoder {
             database: database.to_owned(),
             relations: HashMap::new(),
             tx: None,
-            last_commit_lsn: None,
             clock: system_clock,
             key: Vec::with_capacity(64),
             value: Vec::with_capacity(512),
@@ -261,7 +267,6 @@ impl Encoder {
     /// The open transaction ends; returns its END record when it has transaction metadata.
     pub(crate) fn commit(&mut self) -> Option<Record<'_>> {
         let tx = self.tx.take()?;
-        self.last_commit_lsn = Some(tx.commit_lsn);
         let metadata = tx.metadata?;
         self.boundary_key.clear();
         self.boundary_value.clear();
@@ -368,7 +373,7 @@ impl Encoder {
     /// The hot path: one relation lookup, the rows moved (not copied) out of the message, key
     /// and value written into reused buffers.
     fn encode_change(&mut self, relation_id: u32, rows: Rows, wal_start: Lsn, position: Lsn) -> Result<Records<'_>, ProducerError> {
-        let Self { relations, tx, key, value, created_key, created_value, boundary_key, boundary_value, last_commit_lsn, clock, .. } =
+        let Self { relations, tx, key, value, created_key, created_value, boundary_key, boundary_value, clock, .. } =
             self;
         let Some(tx) = tx.as_mut() else {
             return Err(protocol(position, "a row change outside a transaction".into()));
@@ -472,7 +477,11 @@ impl Encoder {
             xid: Some(tx.xid),
             commit_time_micros: tx.commit_time_micros,
             change_lsn: wal_start,
-            last_commit_lsn: *last_commit_lsn,
+            // Debezium writes the end LSN of the previous transaction it processed, which after
+            // a restart depends on where it resumed. The LSN just below this transaction's commit
+            // lies between the same two commits and is the same in every run, re-sends included:
+            // a consumer that orders by it (lsn = sequence[0] + 1) gets the commit LSN.
+            last_commit_lsn: Some(Lsn(tx.commit_lsn.0.saturating_sub(1))),
             snapshot: false,
             // Only the Debezium format writes the time of writing: no clock read on the pgkafka path.
             now_micros: if debezium.is_some() { clock() } else { 0 },
@@ -856,7 +865,7 @@ mod tests {
         encoder.begin(Lsn(0x600), 0, 43);
         let Encoded::Records(next) = encoder.encode(&wire::insert(7, &[Some("3"), Some("2"), None]), Lsn(0x590), Lsn(1)).unwrap() else { panic!() };
         assert!(next.begin.is_some(), "each transaction has its BEGIN");
-        assert_eq!(json(next.change.value)["source"]["sequence"], "[\"1280\",\"1424\"]");
+        assert_eq!(json(next.change.value)["source"]["sequence"], "[\"1535\",\"1424\"]", "the LSN below its commit");
         assert!(encoder.commit().is_some());
         encoder.begin(Lsn(0x700), 0, 44);
         assert!(encoder.commit().is_none(), "an empty transaction has no records");
