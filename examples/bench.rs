@@ -261,9 +261,9 @@ fn pg_recvlogical(env: &Env, slot: &str, publication: &str, end_lsn: &str, rows:
     rows as f64 / started.elapsed().as_secs_f64()
 }
 
-fn write_producer_config(env: &Env, dir: &Path, slot: &str, publication: &str, table: &str, topic: &str) -> PathBuf {
+fn write_producer_config(env: &Env, dir: &Path, slot: &str, publication: &str, table: &str, topic: &str, debezium: bool) -> PathBuf {
     let path = dir.join(format!("{slot}.json"));
-    let config = json!({
+    let mut config = json!({
         "connection_string": env.database_url,
         "brokers": env.brokers,
         "slot": slot,
@@ -271,6 +271,11 @@ fn write_producer_config(env: &Env, dir: &Path, slot: &str, publication: &str, t
         "topics": { table: { "name": topic, "partition_key": ["organization_id"] } },
         "status_interval_ms": 50,
     });
+    if debezium {
+        // Debezium's defaults: Kafka Connect schemas in every record, tombstones.
+        config["format"] = json!("debezium");
+        config["debezium"] = json!({ "name": table });
+    }
     std::fs::write(&path, serde_json::to_vec_pretty(&config).unwrap()).unwrap();
     path
 }
@@ -866,8 +871,10 @@ async fn main() {
     let recv_slots: Vec<String> = (0..rounds).map(|r| format!("{table}_recv{r}")).collect();
     let producer_slots: Vec<String> = (0..rounds).map(|r| format!("{table}_slot{r}")).collect();
     create_slots(&client, &recv_slots).await;
+    let debezium_slots: Vec<String> = (0..rounds).map(|r| format!("{table}_dbz{r}")).collect();
     create_slots(&client, &producer_slots).await;
-    all_slots.names.extend(recv_slots.iter().chain(&producer_slots).cloned());
+    create_slots(&client, &debezium_slots).await;
+    all_slots.names.extend(recv_slots.iter().chain(&producer_slots).chain(&debezium_slots).cloned());
     eprintln!("bench: writing {} rows in transactions of {}", env.rows, env.rows_per_tx);
     let end_lsn = write_rows(&client, &table, env.rows, env.rows_per_tx).await;
 
@@ -880,10 +887,15 @@ async fn main() {
 
         let topic = format!("{table}_topic{round}");
         create_topic(&topic, env.partitions).await;
-        let config = write_producer_config(&env, &dir, &producer_slots[round], &publication, &table, &topic);
+        let config = write_producer_config(&env, &dir, &producer_slots[round], &publication, &table, &topic, false);
         let (secs, rss) = run_producer_binary(&env, &config, &producer_slots[round], &end_lsn).await;
         results.add("pgkafka_producer", "pgkafka producer, slot to acknowledged in Kafka", "rows/s", "pgkafka", env.rows as f64 / secs);
         results.add("producer_peak_rss", format!("pgkafka producer peak RSS, transactions of {}", env.rows_per_tx), "MiB", "pgkafka", rss);
+        let debezium_topic = format!("{table}_dbz_topic{round}");
+        create_topic(&debezium_topic, env.partitions).await;
+        let config = write_producer_config(&env, &dir, &debezium_slots[round], &publication, &table, &debezium_topic, true);
+        let (secs, _) = run_producer_binary(&env, &config, &debezium_slots[round], &end_lsn).await;
+        results.add("pgkafka_producer_debezium", "pgkafka producer, debezium format (with schemas), same workload", "rows/s", "pgkafka", env.rows as f64 / secs);
         if round == 0 {
             sample = read_sample(&topic);
             first_topic = topic;
@@ -909,7 +921,7 @@ async fn main() {
     for (round, slot) in big_slots.iter().enumerate() {
         let big_topic = format!("{big}_topic{round}");
         create_topic(&big_topic, env.partitions).await;
-        let config = write_producer_config(&env, &dir, slot, &big_pub, &big, &big_topic);
+        let config = write_producer_config(&env, &dir, slot, &big_pub, &big, &big_topic, false);
         let (secs, rss) = run_producer_binary(&env, &config, slot, &big_end).await;
         results.add("one_transaction_rate", format!("pgkafka producer, one transaction of {} rows", env.rows), "rows/s", "pgkafka", env.rows as f64 / secs);
         results.add("one_transaction_peak_rss", format!("pgkafka producer peak RSS, one transaction of {} rows", env.rows), "MiB", "pgkafka", rss);

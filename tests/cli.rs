@@ -85,6 +85,18 @@ fn a_missing_connection_string_names_the_setting_and_the_variable() {
     assert_clean_failure(&output, 2, &["connection_string", "PGKAFKA_CONNECTION_STRING"]);
 }
 
+/// A topic asking for the Debezium format in a file without a `[debezium]` table, and Debezium
+/// formats naming a topic no entry writes to: each a configuration error saying what to add.
+#[test]
+fn a_debezium_format_without_its_settings_is_a_clear_error() {
+    let base = "connection_string = \"postgresql://u@localhost:1/db\"\nbrokers = \"localhost:9092\"\n\
+                slot = \"s\"\npublication = \"p\"\n";
+    let output = run(&["--check"], Some(&format!("{base}[topics.t]\nname = \"t\"\npartition_key = []\nformat = \"debezium\"\n")));
+    assert_clean_failure(&output, 2, &["debezium format", "[debezium]", "name"]);
+    let output = run(&["--check"], Some(&format!("{base}format = \"debezium\"\n[debezium]\nname = \" \"\n[topics.t]\nname = \"t\"\npartition_key = []\n")));
+    assert_clean_failure(&output, 2, &["empty name"]);
+}
+
 /// `--check` with a malformed connection string: rejected as such, with the password shown as
 /// `***`.
 #[test]

@@ -10,6 +10,7 @@
 
 mod backfill;
 mod crash;
+mod debezium;
 mod disruption;
 mod lifecycle;
 mod refused;

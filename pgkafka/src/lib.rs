@@ -56,6 +56,9 @@ pub use producer::{
     BackfillRun, BackfillSelector, CheckReport, CheckedTable, Producer, ProducerBuilder, ProducerError, SlotInUsePolicy,
     SlotMissingPolicy, SlotStatus, SnapshotMode, TruncatePolicy,
 };
+#[cfg(feature = "producer")]
+pub use producer::{DebeziumOptions, DecimalHandling, OutputFormat
+};
 
 #[cfg(feature = "consumer")]
 pub mod consumer;

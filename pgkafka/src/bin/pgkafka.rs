@@ -32,9 +32,20 @@
 //! # backfills = true          # run the backfills `pgkafka backfill` requests
 //! # backfill_chunk_size = 1000
 //!
+//! # format = "debezium"     # every topic's records: "pgkafka" (default) or "debezium"
+//!
 //! [topics.inventory]
 //! name = "inventory"
 //! partition_key = ["organization_id"]
+//! # format = "debezium"     # this topic's records, instead of the file's `format`
+//!
+//! # [debezium]              # the Debezium format's settings (needed when a format is "debezium")
+//! # name = "app"             # logical server name: source.name, schema names, <name>.transaction
+//! # schemas = true           # Kafka Connect {"schema", "payload"} envelope
+//! # decimal_handling = "precise"   # or "string", "double"
+//! # tombstones = true        # a null-valued record after each delete
+//! # transaction_metadata = false   # BEGIN/END records on <name>.transaction
+//! # heartbeat_interval_ms = 10000  # records on __debezium-heartbeat.<name>
 //!
 //! [kafka]                    # librdkafka producer properties, passed through
 //! "compression.type" = "lz4"
@@ -54,7 +65,8 @@ use std::time::Duration;
 use clap::{Parser, Subcommand, ValueEnum};
 use pgkafka::producer::BackfillSelector;
 use pgkafka::{
-    Producer, ProducerError, SlotInUsePolicy, SlotMissingPolicy, SlotStatus, SnapshotMode, TopicInfo, TruncatePolicy,
+    DebeziumOptions, DecimalHandling, OutputFormat, Producer, ProducerError, SlotInUsePolicy, SlotMissingPolicy,
+    SlotStatus, SnapshotMode, TopicInfo, TruncatePolicy,
 };
 use serde::Deserialize;
 
@@ -118,9 +130,12 @@ struct FileConfig {
     brokers: Option<String>,
     slot: String,
     publication: String,
-    topics: HashMap<String, TopicInfo>,
+    topics: HashMap<String, TopicEntry>,
     #[serde(default)]
     kafka: BTreeMap<String, String>,
+    #[serde(default)]
+    format: FormatName,
+    debezium: Option<DebeziumSection>,
     #[serde(default)]
     truncate: Truncate,
     #[serde(default)]
@@ -147,6 +162,45 @@ enum Snapshot {
     Never,
     Initial,
     InitialOnly,
+}
+
+/// A topic-map entry: [`TopicInfo`]'s keys and the topic's output format.
+#[derive(Debug, Deserialize)]
+struct TopicEntry {
+    name: String,
+    partition_key: Vec<String>,
+    format: Option<FormatName>,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum FormatName {
+    #[default]
+    Pgkafka,
+    Debezium,
+}
+
+/// The `[debezium]` table.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DebeziumSection {
+    name: String,
+    schemas: Option<bool>,
+    #[serde(default)]
+    decimal_handling: Decimal,
+    tombstones: Option<bool>,
+    #[serde(default)]
+    transaction_metadata: bool,
+    heartbeat_interval_ms: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum Decimal {
+    #[default]
+    Precise,
+    String,
+    Double,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -361,7 +415,39 @@ fn build(file: FileConfig, path: &Path) -> Result<Producer, Failure> {
         .or(file.connection_string)
         .ok_or_else(|| missing("connection_string", "PGKAFKA_CONNECTION_STRING"))?;
     let brokers = env_nonempty("PGKAFKA_BROKERS").or(file.brokers).ok_or_else(|| missing("brokers", "PGKAFKA_BROKERS"))?;
-    let mut builder = Producer::builder(connection_string, brokers, file.slot, file.publication, file.topics)
+    let debezium = file.debezium.map(|section| {
+        let mut options = DebeziumOptions::new(section.name);
+        options.schemas = section.schemas.unwrap_or(options.schemas);
+        options.tombstones = section.tombstones.unwrap_or(options.tombstones);
+        options.transaction_metadata = section.transaction_metadata;
+        options.heartbeat_interval = section.heartbeat_interval_ms.map(Duration::from_millis);
+        options.decimal_handling = match section.decimal_handling {
+            Decimal::Precise => DecimalHandling::Precise,
+            Decimal::String => DecimalHandling::String,
+            Decimal::Double => DecimalHandling::Double,
+        };
+        options
+    });
+    let format_of = |name: FormatName| match (name, &debezium) {
+        (FormatName::Pgkafka, _) => Ok(OutputFormat::Pgkafka),
+        (FormatName::Debezium, Some(options)) => Ok(OutputFormat::Debezium(options.clone())),
+        (FormatName::Debezium, None) => Err(Failure::config(format!(
+            "{} asks for the debezium format but has no [debezium] table; add one with at least `name` (the \
+             logical server name)",
+            path.display()
+        ))),
+    };
+    let output_format = format_of(file.format)?;
+    let mut topic_formats = Vec::new();
+    let mut topics = HashMap::new();
+    for (table, entry) in file.topics {
+        if let Some(format) = entry.format {
+            topic_formats.push((entry.name.clone(), format_of(format)?));
+        }
+        topics.insert(table, TopicInfo::new(entry.name, entry.partition_key));
+    }
+    let mut builder = Producer::builder(connection_string, brokers, file.slot, file.publication, topics)
+        .output_format(output_format)
         .truncate_policy(match file.truncate {
             Truncate::Fail => TruncatePolicy::Fail,
             Truncate::Skip => TruncatePolicy::Skip,
@@ -387,6 +473,9 @@ fn build(file: FileConfig, path: &Path) -> Result<Producer, Failure> {
     }
     if let Some(readers) = file.snapshot_readers {
         builder = builder.snapshot_readers(readers);
+    }
+    for (topic, format) in topic_formats {
+        builder = builder.topic_format(topic, format);
     }
     if let Some(failover) = file.slot_failover {
         builder = builder.slot_failover(failover);

@@ -136,6 +136,11 @@ impl ConnectionInfo {
         builder.with_root_certificates(roots).with_no_client_auth()
     }
 
+    /// The database connected to (libpq's default: the user's name).
+    pub(crate) fn database(&self) -> String {
+        self.config.get_dbname().or(self.config.get_user()).unwrap_or_default().to_owned()
+    }
+
     /// The replication connection's settings for `slot` and `publication`.
     pub(crate) fn replication_config(&self, slot: &str, publication: &str) -> ReplicationConfig {
         let host = self

@@ -6,6 +6,8 @@ mod catalog;
 mod connection;
 mod encode;
 mod error;
+mod format;
+mod heartbeat;
 mod routes;
 mod session;
 mod sink;
@@ -16,6 +18,7 @@ mod startup;
 mod watermark;
 
 pub use error::ProducerError;
+pub use format::{DebeziumOptions, DecimalHandling, OutputFormat};
 pub use slot_guard::SlotMissingPolicy;
 pub use snapshot::backfill::{BackfillRun, BackfillSelector};
 pub use snapshot::SnapshotMode;
@@ -120,6 +123,16 @@ pub(crate) struct ProducerConfig {
     pub(crate) shutdown_timeout: Duration,
     pub(crate) backfill: snapshot::backfill::BackfillSettings,
     pub(crate) snapshot: snapshot::Settings,
+    pub(crate) output_format: OutputFormat,
+    pub(crate) topic_formats: HashMap<String, OutputFormat>,
+}
+
+impl ProducerConfig {
+    /// Every topic's output format, checked.
+    pub(crate) fn formats(&self) -> Result<format::Formats, ProducerError> {
+        let topics: Vec<&str> = self.topic_map.values().map(|info| info.name.as_str()).collect();
+        format::Formats::new(&self.output_format, &self.topic_formats, &topics)
+    }
 }
 
 /// Shows no secret: the connection string's password and secret Kafka options are hidden.
@@ -142,6 +155,8 @@ impl std::fmt::Debug for ProducerConfig {
             .field("shutdown_timeout", &self.shutdown_timeout)
             .field("backfill", &self.backfill)
             .field("snapshot", &self.snapshot)
+            .field("output_format", &self.output_format)
+            .field("topic_formats", &self.topic_formats)
             .finish()
     }
 }
@@ -220,6 +235,8 @@ impl Producer {
                 shutdown_timeout: Duration::from_secs(30),
                 backfill: snapshot::backfill::BackfillSettings::default(),
                 snapshot: snapshot::Settings::default(),
+                output_format: OutputFormat::default(),
+                topic_formats: HashMap::new(),
             },
             shutdown: CancellationToken::new(),
         }
@@ -448,6 +465,32 @@ impl ProducerBuilder {
     #[must_use]
     pub fn snapshot_readers(mut self, readers: usize) -> Self {
         self.config.snapshot.readers = readers.max(1);
+        self
+    }
+
+    /// How records are written, for every topic without a [`topic_format`](Self::topic_format)
+    /// (default [`OutputFormat::Pgkafka`]).
+    ///
+    /// ```
+    /// # use std::collections::HashMap;
+    /// use pgkafka::{DebeziumOptions, OutputFormat, Producer};
+    ///
+    /// let producer = Producer::builder("postgresql://localhost/app", "localhost:9092", "slot", "pub", HashMap::new())
+    ///     .output_format(OutputFormat::Debezium(DebeziumOptions::new("app")))
+    ///     .build();
+    /// ```
+    #[must_use]
+    pub fn output_format(mut self, format: OutputFormat) -> Self {
+        self.config.output_format = format;
+        self
+    }
+
+    /// How the records of `topic` (a topic the topic map writes to) are written, instead of
+    /// the [`output_format`](Self::output_format). The Debezium formats of one producer share
+    /// one `name`.
+    #[must_use]
+    pub fn topic_format(mut self, topic: impl Into<String>, format: OutputFormat) -> Self {
+        self.config.topic_formats.insert(topic.into(), format);
         self
     }
 

@@ -19,6 +19,11 @@ pub(crate) struct TableRoute {
     pub(crate) topic: String,
     /// Partition-key columns: the topic map's, or the primary key's when it names none.
     pub(crate) key_columns: Vec<String>,
+    /// The schema and table as the catalog names them now.
+    pub(crate) schema: String,
+    pub(crate) table: String,
+    /// The columns declared `NOT NULL`.
+    pub(crate) not_null: Vec<String>,
 }
 
 /// The routes of every published table, by (schema, table) and by OID.
@@ -298,6 +303,9 @@ pub(crate) fn resolve_skipping(
             table_name: table_name(&table.schema, &table.table),
             topic: info.name.clone(),
             key_columns,
+            schema: table.schema.clone(),
+            table: table.table.clone(),
+            not_null: table.columns.iter().filter(|c| c.not_null).map(|c| c.name.clone()).collect(),
         });
         routes.by_oid.insert(table.oid, Arc::clone(&route));
         routes.by_table.insert((table.schema.clone(), table.table.clone()), route);

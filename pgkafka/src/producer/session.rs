@@ -11,8 +11,9 @@ use rdkafka::message::OwnedHeaders;
 use tokio_util::sync::CancellationToken;
 
 use super::connection::ConnectionInfo;
-use super::encode::{Encoded, Encoder, JsonValue};
+use super::encode::{Encoded, Encoder, Record};
 use super::error::Failure;
+use super::heartbeat::Heartbeat;
 use super::sink::Sink;
 use super::slot_guard::SessionStart;
 use super::snapshot::backfill::{self, BackfillTask, Backfills};
@@ -81,10 +82,12 @@ pub(crate) async fn run(
     };
     let gated = snapshot.is_some();
     let snapshot = snapshot.map(|prepared| (prepared, routes.clone()));
+    let formats = config.formats()?;
     let mut session = Session {
         config,
         sink,
-        encoder: Encoder::new(routes, &config.publication_name, JsonValue),
+        heartbeat: Heartbeat::new(&formats, &routes),
+        encoder: Encoder::new(routes, &config.publication_name, formats, &connection.database()),
         headers,
         tx: None,
         xid: 0,
@@ -141,7 +144,9 @@ async fn drop_snapshot_slot(config: &ProducerConfig, connection: &ConnectionInfo
 struct Session<'a> {
     config: &'a ProducerConfig,
     sink: &'a Sink,
-    encoder: Encoder<JsonValue>,
+    encoder: Encoder,
+    /// Debezium heartbeat records, when a Debezium format asks for them.
+    heartbeat: Option<Heartbeat>,
     /// The origin headers every record of this session carries, built once.
     headers: OwnedHeaders,
     /// The sink's id of the transaction being read.
@@ -201,7 +206,12 @@ impl Session<'_> {
             tokio::select! {
                 biased;
                 () = shutdown.cancelled() => return Ok(()),
-                _ = status.tick() => self.report(replication),
+                _ = status.tick() => {
+                    self.report(replication);
+                    if let Next::Shutdown = self.beat(shutdown).await? {
+                        return Ok(());
+                    }
+                }
                 signal = next_signal(&mut self.backfills) => {
                     if let Some(backfills) = &mut self.backfills {
                         backfills.on_signal(signal);
@@ -249,18 +259,23 @@ impl Session<'_> {
                     }
                 }
                 self.tx = Some(self.sink.begin(commit_lsn));
-                self.encoder.begin(commit_lsn, commit_time_micros);
+                self.encoder.begin(commit_lsn, commit_time_micros, xid);
             }
             ReplicationEvent::Commit { end_lsn, lsn, .. } => {
                 let Some(tx) = self.tx.take() else {
                     return Err(ProducerError::Protocol { lsn: Lsn(lsn.as_u64()), message: "a Commit without a Begin".into() }.into());
                 };
-                self.encoder.commit();
+                if let Some(end) = self.encoder.commit() {
+                    // The transaction's END record (Debezium transaction metadata).
+                    if !send(self.sink, tx, &end, &self.headers, &self.meters, shutdown).await? {
+                        return Ok(Next::Shutdown);
+                    }
+                }
                 self.sink.commit(tx, Lsn(end_lsn.as_u64()));
             }
-            ReplicationEvent::XLogData { data, wal_end, .. } => {
+            ReplicationEvent::XLogData { data, wal_start, wal_end, .. } => {
                 self.saw_wal_end(Lsn(wal_end.as_u64()));
-                return self.publish(&data, shutdown).await;
+                return self.publish(&data, Lsn(wal_start.as_u64()), shutdown).await;
             }
             ReplicationEvent::KeepAlive { wal_end, .. } => {
                 let wal_end = Lsn(wal_end.as_u64());
@@ -291,22 +306,22 @@ impl Session<'_> {
         Ok(Next::Continue)
     }
 
-    async fn publish(&mut self, data: &[u8], shutdown: &CancellationToken) -> Result<Next, Failure> {
-        match self.encoder.encode(data, self.last_wal_end)? {
+    async fn publish(&mut self, data: &[u8], wal_start: Lsn, shutdown: &CancellationToken) -> Result<Next, Failure> {
+        match self.encoder.encode(data, wal_start, self.last_wal_end)? {
             Encoded::Nothing => {}
-            Encoded::Record(record) => {
+            Encoded::Records(records) => {
                 let Some(tx) = self.tx else {
                     // The encoder refuses a row change outside a transaction; this is that case.
                     return Err(ProducerError::Protocol { lsn: self.last_wal_end, message: "a row change outside a transaction".into() }.into());
                 };
+                for record in records.iter() {
+                    if !send(self.sink, tx, record, &self.headers, &self.meters, shutdown).await? {
+                        return Ok(Next::Shutdown);
+                    }
+                }
                 if let Some(backfills) = self.backfills.as_mut().filter(|b| b.is_watching()) {
-                    backfills.on_change(record.table_name, record.value, self.xid);
+                    backfills.on_change(&records.rows, self.xid);
                 }
-                if !self.sink.send(tx, &record, &self.headers, shutdown).await? {
-                    return Ok(Next::Shutdown);
-                }
-                self.meters.produced.increment(1);
-                self.meters.bytes.increment(record.value.len() as u64);
             }
             Encoded::Truncate { tables, lsn } => match self.config.truncate_policy {
                 TruncatePolicy::Fail => return Err(ProducerError::Truncate { table: tables, lsn }.into()),
@@ -314,6 +329,21 @@ impl Session<'_> {
                     tracing::warn!(tables = %tables, lsn = %lsn, "TRUNCATE not published (TruncatePolicy::Skip)");
                 }
             },
+        }
+        Ok(Next::Continue)
+    }
+
+    /// Sends a heartbeat record when one is due and no transaction is being read.
+    async fn beat(&mut self, shutdown: &CancellationToken) -> Result<Next, Failure> {
+        let Some(heartbeat) = self.heartbeat.as_mut() else { return Ok(Next::Continue) };
+        if self.tx.is_some() {
+            return Ok(Next::Continue);
+        }
+        let (confirmed, _) = self.sink.progress();
+        let Some(record) = heartbeat.due(confirmed, Instant::now()) else { return Ok(Next::Continue) };
+        // Not part of any transaction: the ledger ignores it, so it never holds up the slot.
+        if !send(self.sink, super::heartbeat::UNTRACKED, &record, &self.headers, &self.meters, shutdown).await? {
+            return Ok(Next::Shutdown);
         }
         Ok(Next::Continue)
     }
@@ -355,4 +385,21 @@ async fn next_signal(backfills: &mut Option<Backfills>) -> backfill::Signal {
         Some(backfills) => backfills.signal().await,
         None => std::future::pending().await,
     }
+}
+
+/// Hands one record to the sink and counts it; `Ok(false)` if a shutdown came first.
+async fn send(
+    sink: &Sink,
+    tx: TxId,
+    record: &Record<'_>,
+    headers: &OwnedHeaders,
+    meters: &Meters,
+    shutdown: &CancellationToken,
+) -> Result<bool, Failure> {
+    if !sink.send(tx, record, headers, shutdown).await? {
+        return Ok(false);
+    }
+    meters.produced.increment(1);
+    meters.bytes.increment(record.value.map_or(0, <[u8]>::len) as u64);
+    Ok(true)
 }

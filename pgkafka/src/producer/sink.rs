@@ -100,13 +100,26 @@ impl DeliveryFailure {
     }
 }
 
-/// The table a record's value names, read back on the (rare) failure path only.
+/// The table a record's value names, read back on the (rare) failure path only: a
+/// `ReplicationOp`'s `table_name`, or a Debezium event's `source` (with or without schemas).
 fn table_of(value: Option<&[u8]>) -> Option<String> {
     #[derive(serde::Deserialize)]
-    struct TableOnly {
-        table_name: String,
+    struct Head {
+        table_name: Option<String>,
+        source: Option<Source>,
+        payload: Option<Box<Head>>,
     }
-    value.and_then(|value| serde_json::from_slice::<TableOnly>(value).ok()).map(|head| head.table_name)
+    #[derive(serde::Deserialize)]
+    struct Source {
+        schema: String,
+        table: String,
+    }
+    fn name(head: Head) -> Option<String> {
+        head.table_name
+            .or_else(|| head.source.map(|s| pgkafka_common::ident::table_name(&s.schema, &s.table)))
+            .or_else(|| head.payload.and_then(|payload| name(*payload)))
+    }
+    value.and_then(|value| serde_json::from_slice::<Head>(value).ok()).and_then(name)
 }
 
 /// State shared between the session and librdkafka's delivery-report thread.
@@ -299,9 +312,11 @@ impl Sink {
     ) -> Result<bool, Failure> {
         let mut base = BaseRecord::with_opaque_to(record.topic, tx as usize)
             .key(record.key)
-            .payload(record.value)
             .headers(headers.clone())
             .timestamp(record.timestamp_ms);
+        if let Some(value) = record.value {
+            base = base.payload(value);
+        }
         // Counted before sending: the delivery report may arrive before `send` returns.
         self.shared.watermark().sent(tx);
         let mut warned = Instant::now();
@@ -500,6 +515,9 @@ mod tests {
         };
         assert_eq!(failure.describe(), "a record for orders/3 (table sales.orders, transaction committed at LSN 1/500)");
         assert!(!failure.is_client_fatal());
+        let debezium = br#"{"schema":{},"payload":{"before":null,"source":{"schema":"sales","table":"orders"}}}"#;
+        assert_eq!(table_of(Some(debezium)).as_deref(), Some("sales.orders"));
+        assert_eq!(table_of(Some(br#"{"source":{"schema":"public","table":"t"}}"#)).as_deref(), Some("t"));
         let unknown = DeliveryFailure { partition: None, table: table_of(Some(b"not json")), lsn: None, ..failure };
         assert_eq!(unknown.describe(), "a record for topic orders");
     }
@@ -516,7 +534,7 @@ mod tests {
             let sink = Sink::new(&config).unwrap();
             sink.reset(Lsn(1));
             let tx = sink.begin(Lsn(2));
-            let record = Record { table_name: "t", topic: "pgkafka_unit_queue_full", key: b"k", value: b"{}", timestamp_ms: 0 };
+            let record = Record { table_name: "t", topic: "pgkafka_unit_queue_full", key: b"k", value: Some(b"{}"), timestamp_ms: 0 };
             let headers = OwnedHeaders::new();
             let shutdown = CancellationToken::new();
             assert!(sink.send(tx, &record, &headers, &shutdown).await.unwrap(), "the first record fits");

@@ -37,6 +37,15 @@ pub(crate) fn validate(config: &ProducerConfig) -> Result<ConnectionInfo, Produc
             "status_interval is zero; the confirmed position needs a positive reporting interval (default 1 s)".into(),
         ));
     }
+    let formats = config.formats()?;
+    let topics: Vec<&str> = config.topic_map.values().map(|info| info.name.as_str()).collect();
+    if (config.snapshot.enabled() || config.backfill.enabled) && !formats.debezium_of(&topics).is_empty() {
+        return Err(ProducerError::Config(
+            "snapshots and backfills write pgkafka-format rows only: a topic in the debezium format cannot have \
+             snapshot = \"initial\"/\"initial_only\" or backfills = true yet"
+                .into(),
+        ));
+    }
     ConnectionInfo::parse(&config.connection_string)
 }
 
@@ -74,7 +83,11 @@ pub(crate) async fn preflight(
         initial::check_primary_keys(&catalog, &routes)?;
     }
     if attempt == Attempt::First {
-        sink.check_topics(routes.topics(), config.brokers.clone()).await?;
+        let mut topics = routes.topics();
+        let table_topics: Vec<&str> = topics.iter().map(String::as_str).collect();
+        let extra = config.formats()?.extra_topics(&table_topics);
+        topics.extend(extra);
+        sink.check_topics(topics, config.brokers.clone()).await?;
     }
     Ok((client, routes))
 }

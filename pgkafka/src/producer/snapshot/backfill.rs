@@ -22,7 +22,7 @@ use std::time::Duration;
 use metrics::{Counter, Gauge};
 use pgkafka_common::ident::TableName;
 use pgkafka_common::key::encode_key_into;
-use pgkafka_common::{Lsn, Op, ReplicationOp};
+use pgkafka_common::Lsn;
 use rdkafka::message::{Header, OwnedHeaders};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
@@ -35,7 +35,7 @@ use super::window::{Key, Window, XidSnapshot};
 use crate::backoff::Backoff;
 use crate::metrics::{PRODUCER_BACKFILL_CHUNKS, PRODUCER_BACKFILL_PROGRESS, PRODUCER_BACKFILL_ROWS};
 use crate::producer::connection::ConnectionInfo;
-use crate::producer::encode::{Change, JsonValue, Record, RowOp, ValueFormat};
+use crate::producer::encode::{Change, JsonValue, Record, RowImage, RowOp, Source, ValueFormat};
 use crate::producer::error::Failure;
 use crate::producer::routes::Routes;
 use crate::producer::sink::Sink;
@@ -375,25 +375,17 @@ impl Backfills {
         !self.watched.is_empty()
     }
 
-    /// A change of `table` (its record's value) by transaction `xid` was streamed: marks its
-    /// keys if the table is watched.
-    pub(crate) fn on_change(&mut self, table: &str, value: &[u8], xid: u32) {
-        let Some(watched) = self.watched.get_mut(table) else { return };
-        // Only for watched tables: read the row back from the record rather than add a branch
-        // to the encoder. The session wrote this value, so it parses.
-        let Ok(op) = serde_json::from_slice::<ReplicationOp>(value) else { return };
+    /// A change by transaction `xid` was streamed: marks its keys if its table is watched.
+    pub(crate) fn on_change(&mut self, rows: &RowImage<'_>, xid: u32) {
+        let Some(watched) = self.watched.get_mut(rows.table_name) else { return };
         let key_of = |row: &[Option<String>]| -> Key {
             watched
                 .key_columns
                 .iter()
-                .map(|column| op.col_names.iter().position(|c| c == column).and_then(|i| row.get(i).cloned().flatten()))
+                .map(|column| rows.col_names.iter().position(|c| c == column).and_then(|i| row.get(i).cloned().flatten()))
                 .collect()
         };
-        let keys: Vec<Key> = match &op.op {
-            Op::Insert(new) => vec![key_of(new)],
-            Op::Update((old, new)) => vec![key_of(old), key_of(new)],
-            Op::Delete(old) => vec![key_of(old)],
-        };
+        let keys: Vec<Key> = rows.old.iter().chain(rows.new.iter()).map(|row| key_of(row)).collect();
         for key in keys {
             watched.window.changed(key, xid);
         }
@@ -465,6 +457,7 @@ impl Backfills {
                 lsn: lsn.0,
                 seq_id: seq_id as u64,
                 op: Change::Insert(row),
+                source: Source::snapshot_row(lsn, timestamp_ms.saturating_mul(1000)),
             };
             JsonValue.write_value(&op, &mut value).map_err(|e| {
                 Failure::Fatal(ProducerError::Protocol {
@@ -473,7 +466,7 @@ impl Backfills {
                 })
             })?;
             let record =
-                Record { table_name: &chunk.table, topic: &chunk.topic, key: &key, value: &value, timestamp_ms };
+                Record { table_name: &chunk.table, topic: &chunk.topic, key: &key, value: Some(&value), timestamp_ms };
             if !sink.send(tx, &record, &self.headers, shutdown).await? {
                 return Ok(false);
             }
@@ -850,9 +843,14 @@ mod tests {
             watching,
         });
         assert!(backfills.on_message(MESSAGE_PREFIX, &watermark("s", 1, 1, Mark::Low)).is_none());
-        let change =
-            br#"{"table_name":"t","col_names":["id","v"],"lsn":5,"seq_id":0,"op":{"Update":[["2","a"],["2","b"]]}}"#;
-        backfills.on_change("t", change, 90);
+        let col_names = ["id".to_owned(), "v".to_owned()];
+        let update = RowImage {
+            table_name: "t",
+            col_names: &col_names,
+            old: Some(vec![Some("2".into()), Some("a".into())]),
+            new: Some(vec![Some("2".into()), Some("b".into())]),
+        };
+        backfills.on_change(&update, 90);
         let (pending, _published) = chunk(1, 1, vec![row("1", "x"), row("2", "a"), row("3", "y")]);
         outbox.send(Signal::Chunk(pending)).unwrap();
         assert!(backfills.on_message("other", &watermark("s", 1, 1, Mark::High)).is_none());

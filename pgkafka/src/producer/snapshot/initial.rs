@@ -32,7 +32,7 @@ use super::control::{ControlTable, Run, RunKind, RunState};
 use super::{Settings, SnapshotMode};
 use crate::producer::catalog::{Catalog, Publication};
 use crate::producer::connection::ConnectionInfo;
-use crate::producer::encode::{Change, JsonValue, Record, RowOp, ValueFormat};
+use crate::producer::encode::{Change, JsonValue, Record, RowOp, Source, ValueFormat};
 use crate::producer::error::{Attempt, Failure};
 use crate::producer::routes::Routes;
 use crate::producer::sink::Sink;
@@ -344,6 +344,7 @@ impl Prepared {
                         lsn: at.0,
                         seq_id,
                         op: Change::Insert(row),
+                        source: Source::snapshot_row(at, timestamp_ms.saturating_mul(1000)),
                     };
                     JsonValue.write_value(&op, &mut value).map_err(|e| ProducerError::Protocol {
                         lsn: at,
@@ -353,7 +354,7 @@ impl Prepared {
                         table_name: &table.run.table_name,
                         topic: &table.topic,
                         key: &key,
-                        value: &value,
+                        value: Some(&value),
                         timestamp_ms,
                     };
                     if !sink.send(tx, &record, &headers, shutdown).await? {
