@@ -366,6 +366,8 @@ mod tests {
     }
 
     proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2_000))]
+
         /// The fast path's condition (`advance_row`, mirrored by `continues`) only takes batches
         /// that the op-by-op judgement would apply whole, and leaves the state the op-by-op path
         /// would store: a wrong condition would skip or double an op, or store the wrong position.
@@ -373,10 +375,18 @@ mod tests {
         fn a_continuing_batch_is_what_judging_each_op_applies(
             stored_position in proptest::option::of(position()),
             stored_origin in origin(),
-            ops in proptest::collection::vec((position(), origin()), 1..5),
+            batch_origin in origin(),
+            positions in proptest::collection::vec(position(), 1..4),
+            other_origin in proptest::option::of((0usize..4, origin())),
         ) {
             let stored = Stored { position: stored_position, origin: stored_origin };
-            let (positions, origins): (Vec<_>, Vec<_>) = ops.into_iter().unzip();
+            // Mostly one origin for the whole batch (what the fast path takes), sometimes another in it.
+            let mut origins = vec![batch_origin; positions.len()];
+            if let Some((at, other)) = other_origin {
+                if let Some(origin) = origins.get_mut(at) {
+                    *origin = other;
+                }
+            }
             let ops: Vec<ReplicationOp> = positions.iter().copied().map(op).collect();
             let offsets: Vec<i64> = (0..ops.len() as i64).collect();
             let batch = Batch { offsets: &offsets, ops: &ops, origins: &origins };
