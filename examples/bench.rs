@@ -652,7 +652,10 @@ async fn idempotent_consumer(env: &Env, client: &tokio_postgres::Client, topic: 
     counting.rate()
 }
 
-/// Writes `ops` ops to a new topic: the sample's values with positions 1,000 ops per LSN.
+/// Writes `ops` ops to a new topic: the sample's values with positions 1,000 ops per LSN, op `i`
+/// to partition `i % partitions`, as the plain loop's workers split them. (By key they would all
+/// go to one partition: the sample is read from partition 0, and the consumer would then work on
+/// one connection against the loop's three.)
 async fn feed_ops(env: &Env, sample: &[(Vec<u8>, Vec<u8>)], ops: u64) -> String {
     let topic = unique_name("bench_ops");
     create_topic(&topic, env.partitions).await;
@@ -664,7 +667,7 @@ async fn feed_ops(env: &Env, sample: &[(Vec<u8>, Vec<u8>)], ops: u64) -> String 
         (op.lsn, op.seq_id) = (lsn as u64, seq_id as u64);
         let value = serde_json::to_vec(&op).unwrap();
         loop {
-            match feeder.send_result(FutureRecord::to(&topic).key(key).payload(&value)) {
+            match feeder.send_result(FutureRecord::to(&topic).partition((i % env.partitions.max(1) as u64) as i32).key(key).payload(&value)) {
                 Ok(_) => break,
                 Err(_) => tokio::time::sleep(Duration::from_millis(1)).await,
             }
