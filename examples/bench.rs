@@ -65,6 +65,16 @@ struct Env {
     batch_size: usize,
     latency_rates: Vec<u64>,
     latency_secs: u64,
+    /// `BENCH_SECTIONS`: which of `producer`, `snapshot` (needs `producer`), `consumer`,
+    /// `idempotent`, `latency` to measure
+    /// (comma-separated; all by default), for quick A/B runs of one hot path.
+    sections: Vec<String>,
+}
+
+impl Env {
+    fn runs(&self, section: &str) -> bool {
+        self.sections.iter().any(|s| s == section)
+    }
 }
 
 fn env() -> Env {
@@ -93,6 +103,11 @@ fn env() -> Env {
         batch_size: num("BENCH_BATCH_SIZE", 100) as usize,
         latency_rates,
         latency_secs: num("BENCH_LATENCY_SECS", 10),
+        sections: std::env::var("BENCH_SECTIONS")
+            .unwrap_or_else(|_| "producer,snapshot,consumer,idempotent,latency".into())
+            .split(',')
+            .map(|s| s.trim().to_owned())
+            .collect(),
     }
 }
 
@@ -147,9 +162,16 @@ impl Results {
         median(self.runs(key))
     }
 
+    fn has(&self, keys: &[&str]) -> bool {
+        keys.iter().all(|key| self.series.iter().any(|s| s.key == *key))
+    }
+
     /// A ratio target: `numerator` over the smallest of the `limits` medians, with the range of
     /// the per-round ratios (round i's pgkafka run over round i's limits) as its spread.
     fn ratio_target(&mut self, name: &str, numerator: &str, limits: &[&str], goal: Option<f64>) {
+        if !self.has(&[numerator]) || !self.has(limits) {
+            return;
+        }
         let value = self.median(numerator) / limits.iter().map(|l| self.median(l)).fold(f64::INFINITY, f64::min);
         let per_round: Vec<f64> = (0..self.runs(numerator).len())
             .map(|i| self.runs(numerator)[i] / limits.iter().map(|l| self.runs(l)[i]).fold(f64::INFINITY, f64::min))
@@ -163,6 +185,9 @@ impl Results {
 
     /// An upper bound on a measurement's `statistic` (`median` or `max` of its runs).
     fn at_most_target(&mut self, name: &str, key: &str, statistic: &str, bound: f64, unit: &str, goal: &str) {
+        if !self.has(&[key]) {
+            return;
+        }
         let runs = self.runs(key);
         let (lo, hi) = min_max(runs);
         let value = if statistic == "max" { hi } else { median(runs) };
@@ -733,7 +758,10 @@ async fn idempotent_consumer(env: &Env, client: &tokio_postgres::Client, topic: 
     counting.rate()
 }
 
-/// Writes `ops` ops to a new topic: the sample's values with positions 1,000 ops per LSN.
+/// Writes `ops` ops to a new topic: the sample's values with positions 1,000 ops per LSN, op `i`
+/// to partition `i % partitions`, as the plain loop's workers split them. (By key they would all
+/// go to one partition: the sample is read from partition 0, and the consumer would then work on
+/// one connection against the loop's three.)
 async fn feed_ops(env: &Env, sample: &[(Vec<u8>, Vec<u8>)], ops: u64) -> String {
     let topic = unique_name("bench_ops");
     create_topic(&topic, env.partitions).await;
@@ -745,7 +773,7 @@ async fn feed_ops(env: &Env, sample: &[(Vec<u8>, Vec<u8>)], ops: u64) -> String 
         (op.lsn, op.seq_id) = (lsn as u64, seq_id as u64);
         let value = serde_json::to_vec(&op).unwrap();
         loop {
-            match feeder.send_result(FutureRecord::to(&topic).key(key).payload(&value)) {
+            match feeder.send_result(FutureRecord::to(&topic).partition((i % env.partitions.max(1) as u64) as i32).key(key).payload(&value)) {
                 Ok(_) => break,
                 Err(_) => tokio::time::sleep(Duration::from_millis(1)).await,
             }
@@ -880,25 +908,35 @@ async fn main() {
 
     let mut sample = Vec::new();
     let mut first_topic = String::new();
-    for round in 0..rounds {
+    // Without the producer section, one unmeasured producer run still fills the consumers' topic.
+    let producer_rounds = if env.runs("producer") { rounds } else { 1 };
+    for round in 0..producer_rounds {
+        let measure = env.runs("producer");
         eprintln!("bench: producer round {}/{rounds}", round + 1);
-        let rate = pg_recvlogical(&env, &recv_slots[round], &publication, &end_lsn, env.rows);
-        results.add("pg_recvlogical", "PostgreSQL limit: pg_recvlogical (pgoutput)", "rows/s", "limit", rate);
+        if measure {
+            let rate = pg_recvlogical(&env, &recv_slots[round], &publication, &end_lsn, env.rows);
+            results.add("pg_recvlogical", "PostgreSQL limit: pg_recvlogical (pgoutput)", "rows/s", "limit", rate);
+        }
 
         let topic = format!("{table}_topic{round}");
         create_topic(&topic, env.partitions).await;
         let config = write_producer_config(&env, &dir, &producer_slots[round], &publication, &table, &topic, false);
         let (secs, rss) = run_producer_binary(&env, &config, &producer_slots[round], &end_lsn).await;
-        results.add("pgkafka_producer", "pgkafka producer, slot to acknowledged in Kafka", "rows/s", "pgkafka", env.rows as f64 / secs);
-        results.add("producer_peak_rss", format!("pgkafka producer peak RSS, transactions of {}", env.rows_per_tx), "MiB", "pgkafka", rss);
-        let debezium_topic = format!("{table}_dbz_topic{round}");
-        create_topic(&debezium_topic, env.partitions).await;
-        let config = write_producer_config(&env, &dir, &debezium_slots[round], &publication, &table, &debezium_topic, true);
-        let (secs, _) = run_producer_binary(&env, &config, &debezium_slots[round], &end_lsn).await;
-        results.add("pgkafka_producer_debezium", "pgkafka producer, debezium format (with schemas), same workload", "rows/s", "pgkafka", env.rows as f64 / secs);
+        if measure {
+            results.add("pgkafka_producer", "pgkafka producer, slot to acknowledged in Kafka", "rows/s", "pgkafka", env.rows as f64 / secs);
+            results.add("producer_peak_rss", format!("pgkafka producer peak RSS, transactions of {}", env.rows_per_tx), "MiB", "pgkafka", rss);
+            let debezium_topic = format!("{table}_dbz_topic{round}");
+            create_topic(&debezium_topic, env.partitions).await;
+            let config = write_producer_config(&env, &dir, &debezium_slots[round], &publication, &table, &debezium_topic, true);
+            let (secs, _) = run_producer_binary(&env, &config, &debezium_slots[round], &end_lsn).await;
+            results.add("pgkafka_producer_debezium", "pgkafka producer, debezium format (with schemas), same workload", "rows/s", "pgkafka", env.rows as f64 / secs);
+        }
         if round == 0 {
             sample = read_sample(&topic);
             first_topic = topic;
+        }
+        if !measure {
+            continue;
         }
 
         let raw_topic = format!("{table}_raw{round}");
@@ -910,28 +948,31 @@ async fn main() {
     let avg_bytes = sample.iter().map(|(_, v)| v.len()).sum::<usize>() as f64 / sample.len() as f64;
 
     // Peak RSS while streaming ONE transaction of all the rows.
-    eprintln!("bench: one transaction of {} rows", env.rows);
-    let big = format!("{table}_big");
-    let big_pub = format!("{big}_pub");
-    setup_table(&client, &big, &big_pub).await;
-    let big_slots: Vec<String> = (0..rounds).map(|r| format!("{big}_slot{r}")).collect();
-    create_slots(&client, &big_slots).await;
-    all_slots.names.extend(big_slots.iter().cloned());
-    let big_end = write_rows(&client, &big, env.rows, env.rows).await;
-    for (round, slot) in big_slots.iter().enumerate() {
-        let big_topic = format!("{big}_topic{round}");
-        create_topic(&big_topic, env.partitions).await;
-        let config = write_producer_config(&env, &dir, slot, &big_pub, &big, &big_topic, false);
-        let (secs, rss) = run_producer_binary(&env, &config, slot, &big_end).await;
-        results.add("one_transaction_rate", format!("pgkafka producer, one transaction of {} rows", env.rows), "rows/s", "pgkafka", env.rows as f64 / secs);
-        results.add("one_transaction_peak_rss", format!("pgkafka producer peak RSS, one transaction of {} rows", env.rows), "MiB", "pgkafka", rss);
+    if env.runs("producer") {
+        eprintln!("bench: one transaction of {} rows", env.rows);
+        let big = format!("{table}_big");
+        let big_pub = format!("{big}_pub");
+        setup_table(&client, &big, &big_pub).await;
+        let big_slots: Vec<String> = (0..rounds).map(|r| format!("{big}_slot{r}")).collect();
+        create_slots(&client, &big_slots).await;
+        all_slots.names.extend(big_slots.iter().cloned());
+        let big_end = write_rows(&client, &big, env.rows, env.rows).await;
+        for (round, slot) in big_slots.iter().enumerate() {
+            let big_topic = format!("{big}_topic{round}");
+            create_topic(&big_topic, env.partitions).await;
+            let config = write_producer_config(&env, &dir, slot, &big_pub, &big, &big_topic, false);
+            let (secs, rss) = run_producer_binary(&env, &config, slot, &big_end).await;
+            results.add("one_transaction_rate", format!("pgkafka producer, one transaction of {} rows", env.rows), "rows/s", "pgkafka", env.rows as f64 / secs);
+            results.add("one_transaction_peak_rss", format!("pgkafka producer peak RSS, one transaction of {} rows", env.rows), "MiB", "pgkafka", rss);
+        }
+        // The initial snapshot of the workload table (and of it with the one-transaction table).
+        if env.runs("snapshot") {
+            snapshot_section(&env, &client, &dir, &mut results, &table, &big).await;
+        }
     }
 
-    // The initial snapshot of the workload table (and of it with the one-transaction table).
-    snapshot_section(&env, &client, &dir, &mut results, &table, &big).await;
-
     // Consumers, all reading the first round's producer topic.
-    for round in 0..rounds {
+    for round in 0..if env.runs("consumer") { rounds } else { 0 } {
         eprintln!("bench: consumer round {}/{rounds}", round + 1);
         let (topic, partitions, rows) = (first_topic.clone(), env.partitions, env.rows);
         let rate = tokio::task::spawn_blocking(move || raw_consumer_no_decode(&topic, partitions, rows)).await.unwrap();
@@ -943,40 +984,44 @@ async fn main() {
     }
 
     // The idempotent consumer against the same inserts in a plain loop.
-    eprintln!("bench: feeding {} ops", env.idempotent_ops);
-    let ops_topic = feed_ops(&env, &sample, env.idempotent_ops).await;
-    let (batch, unbatched) = (env.batch_size, env.unbatched_ops);
-    for round in 0..rounds {
-        eprintln!("bench: idempotent round {}/{rounds}", round + 1);
-        let rate = plain_loop(&env, &client, env.idempotent_ops, batch).await;
-        results.add("plain_loop_batched", format!("PostgreSQL limit: sqlx loop, same inserts, {batch} per transaction, {} connections", env.partitions), "ops/s", "limit", rate);
-        let rate = idempotent_consumer(&env, &client, &ops_topic, env.idempotent_ops, batch).await;
-        results.add("idempotent_batched", format!("pgkafka idempotent consumer, batches of up to {batch}"), "ops/s", "pgkafka", rate);
-        let rate = plain_loop(&env, &client, unbatched, 1).await;
-        results.add("plain_loop_unbatched", format!("PostgreSQL limit: sqlx loop, one insert per transaction, {} connections", env.partitions), "ops/s", "limit", rate);
-        let rate = idempotent_consumer(&env, &client, &ops_topic, unbatched, 1).await;
-        results.add("idempotent_unbatched", "pgkafka idempotent consumer, batch_size(1)", "ops/s", "pgkafka", rate);
+    if env.runs("idempotent") {
+        eprintln!("bench: feeding {} ops", env.idempotent_ops);
+        let ops_topic = feed_ops(&env, &sample, env.idempotent_ops).await;
+        let (batch, unbatched) = (env.batch_size, env.unbatched_ops);
+        for round in 0..rounds {
+            eprintln!("bench: idempotent round {}/{rounds}", round + 1);
+            let rate = plain_loop(&env, &client, env.idempotent_ops, batch).await;
+            results.add("plain_loop_batched", format!("PostgreSQL limit: sqlx loop, same inserts, {batch} per transaction, {} connections", env.partitions), "ops/s", "limit", rate);
+            let rate = idempotent_consumer(&env, &client, &ops_topic, env.idempotent_ops, batch).await;
+            results.add("idempotent_batched", format!("pgkafka idempotent consumer, batches of up to {batch}"), "ops/s", "pgkafka", rate);
+            let rate = plain_loop(&env, &client, unbatched, 1).await;
+            results.add("plain_loop_unbatched", format!("PostgreSQL limit: sqlx loop, one insert per transaction, {} connections", env.partitions), "ops/s", "limit", rate);
+            let rate = idempotent_consumer(&env, &client, &ops_topic, unbatched, 1).await;
+            results.add("idempotent_unbatched", "pgkafka idempotent consumer, batch_size(1)", "ops/s", "pgkafka", rate);
+        }
     }
 
     // Latency from COMMIT to handle_message at steady rates of single-row transactions.
-    let lat_slot = unique_name("bench_lat_slot");
-    let (mut pipeline, stops, tasks) = LatencyPipeline::start(&env, &lat_slot).await;
-    all_slots.names.push(lat_slot);
-    for round in 0..rounds {
-        for &tps in &env.latency_rates {
-            eprintln!("bench: latency round {}/{rounds} at {tps} transactions/s", round + 1);
-            let (p50, p99, max, achieved) = pipeline.run(tps, env.latency_secs).await;
-            results.add(&format!("latency_{tps}_p50"), format!("COMMIT to handler at {tps} tx/s, p50"), "ms", "pgkafka", p50);
-            results.add(&format!("latency_{tps}_p99"), format!("COMMIT to handler at {tps} tx/s, p99"), "ms", "pgkafka", p99);
-            results.add(&format!("latency_{tps}_max"), format!("COMMIT to handler at {tps} tx/s, max"), "ms", "pgkafka", max);
-            results.add(&format!("latency_{tps}_achieved"), format!("transactions written, aiming at {tps} tx/s"), "tx/s", "reference", achieved);
+    if env.runs("latency") {
+        let lat_slot = unique_name("bench_lat_slot");
+        let (mut pipeline, stops, tasks) = LatencyPipeline::start(&env, &lat_slot).await;
+        all_slots.names.push(lat_slot);
+        for round in 0..rounds {
+            for &tps in &env.latency_rates {
+                eprintln!("bench: latency round {}/{rounds} at {tps} transactions/s", round + 1);
+                let (p50, p99, max, achieved) = pipeline.run(tps, env.latency_secs).await;
+                results.add(&format!("latency_{tps}_p50"), format!("COMMIT to handler at {tps} tx/s, p50"), "ms", "pgkafka", p50);
+                results.add(&format!("latency_{tps}_p99"), format!("COMMIT to handler at {tps} tx/s, p99"), "ms", "pgkafka", p99);
+                results.add(&format!("latency_{tps}_max"), format!("COMMIT to handler at {tps} tx/s, max"), "ms", "pgkafka", max);
+                results.add(&format!("latency_{tps}_achieved"), format!("transactions written, aiming at {tps} tx/s"), "tx/s", "reference", achieved);
+            }
         }
-    }
-    for stop in stops {
-        stop();
-    }
-    for task in tasks {
-        let _ = task.await;
+        for stop in stops {
+            stop();
+        }
+        for task in tasks {
+            let _ = task.await;
+        }
     }
 
     results.ratio_target("producer / min(pg_recvlogical, raw rdkafka producer)", "pgkafka_producer", &["pg_recvlogical", "rdkafka_producer"], Some(0.9));

@@ -51,31 +51,43 @@ impl Origin {
     /// record of the earlier library), an error naming the header when they are partial or not
     /// readable.
     pub(crate) fn from_headers<'a>(headers: impl IntoIterator<Item = (&'a str, Option<&'a [u8]>)>) -> Result<Option<Self>, String> {
-        let (mut system_id, mut timeline, mut slot) = (None, None, None);
-        for (key, value) in headers {
-            let target = match key {
-                SYSTEM_ID_HEADER => &mut system_id,
-                TIMELINE_HEADER => &mut timeline,
-                SLOT_HEADER => &mut slot,
-                _ => continue,
-            };
-            let text = value
-                .and_then(|v| std::str::from_utf8(v).ok())
-                .ok_or_else(|| format!("header {key} is empty or not UTF-8"))?;
-            *target = Some(text.to_owned());
+        Ok(read_headers(headers)?.map(|(system_id, timeline, slot)| Origin { system_id: system_id.to_owned(), timeline, slot: slot.to_owned() }))
+    }
+
+    /// Checks a record's origin headers as [`Origin::from_headers`] does, without keeping (or
+    /// allocating) the origin: for consumers that do not use it, a record with broken headers is
+    /// still invalid.
+    pub(crate) fn check_headers<'a>(headers: impl IntoIterator<Item = (&'a str, Option<&'a [u8]>)>) -> Result<(), String> {
+        read_headers(headers).map(|_| ())
+    }
+}
+
+/// The origin headers' values, borrowed from the record.
+fn read_headers<'a>(headers: impl IntoIterator<Item = (&'a str, Option<&'a [u8]>)>) -> Result<Option<(&'a str, u32, &'a str)>, String> {
+    let (mut system_id, mut timeline, mut slot) = (None, None, None);
+    for (key, value) in headers {
+        let target = match key {
+            SYSTEM_ID_HEADER => &mut system_id,
+            TIMELINE_HEADER => &mut timeline,
+            SLOT_HEADER => &mut slot,
+            _ => continue,
+        };
+        let text = value
+            .and_then(|v| std::str::from_utf8(v).ok())
+            .ok_or_else(|| format!("header {key} is empty or not UTF-8"))?;
+        *target = Some(text);
+    }
+    match (system_id, timeline, slot) {
+        (None, None, None) => Ok(None),
+        (Some(system_id), Some(timeline), Some(slot)) => {
+            let timeline = timeline
+                .parse()
+                .map_err(|_| format!("header {TIMELINE_HEADER} is {timeline:?}, not a timeline number"))?;
+            Ok(Some((system_id, timeline, slot)))
         }
-        match (system_id, timeline, slot) {
-            (None, None, None) => Ok(None),
-            (Some(system_id), Some(timeline), Some(slot)) => {
-                let timeline = timeline
-                    .parse()
-                    .map_err(|_| format!("header {TIMELINE_HEADER} is {timeline:?}, not a timeline number"))?;
-                Ok(Some(Origin { system_id, timeline, slot }))
-            }
-            _ => Err(format!(
-                "the record carries only some of the origin headers {SYSTEM_ID_HEADER}, {TIMELINE_HEADER}, {SLOT_HEADER}"
-            )),
-        }
+        _ => Err(format!(
+            "the record carries only some of the origin headers {SYSTEM_ID_HEADER}, {TIMELINE_HEADER}, {SLOT_HEADER}"
+        )),
     }
 }
 
@@ -202,6 +214,8 @@ mod tests {
         assert!(bad.contains("pgkafka.timeline") && bad.contains("three"), "{bad}");
         let empty = Origin::from_headers([(SLOT_HEADER, None)]).unwrap_err();
         assert!(empty.contains("pgkafka.slot"), "{empty}");
+        assert_eq!(Origin::check_headers(full), Ok(()));
+        assert_eq!(Origin::check_headers([(SLOT_HEADER, None)]).unwrap_err(), empty);
     }
 
     #[test]

@@ -1,12 +1,18 @@
-//! One assigned partition: the poll thread's side (its queue to the task, duplicate and pause
-//! accounting, what is finished and committed) and its task, which handles the records strictly
-//! in offset order, a batch at a time.
+//! One assigned partition: the poll thread's side (decoding its records, its queue to the task,
+//! duplicate and pause accounting, what is finished and committed) and its task, which handles
+//! the records strictly in offset order, a batch at a time.
+//!
+//! The poll thread decodes each record from librdkafka's buffer in place (no copy of the record,
+//! and the origin headers kept only when the processor reads them) and hands the decoded ops of a
+//! poll burst to the task in one send, so a busy partition costs one cross-thread wake-up per
+//! burst rather than per record.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use rdkafka::message::{Headers as _, Message as _, OwnedMessage};
+use rdkafka::message::{BorrowedMessage, Headers as _, Message as _, OwnedMessage};
 use tokio::sync::mpsc::{self, error::TryRecvError, UnboundedReceiver, UnboundedSender};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -60,12 +66,22 @@ impl Progress {
 /// What became of a record handed to [`Partition::dispatch`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Dispatched {
-    /// Queued for the task, which has `queued` records waiting now.
-    Queued { queued: usize },
+    /// Decoded and held for the next [`Partition::flush`].
+    Held,
     /// At or below an offset already queued: librdkafka delivered it again after a pause.
     Duplicate,
-    /// The task has ended (after a fatal error); the consumer is about to stop.
-    TaskEnded,
+}
+
+/// What became of the records held by a partition at [`Partition::flush`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Flushed {
+    /// None were held.
+    Nothing,
+    /// Queued for the task, which has `queued` records waiting now.
+    Queued { queued: usize },
+    /// The task has ended (after a fatal error); the consumer is about to stop. `first` is the
+    /// offset of the first record not handed over.
+    TaskEnded { first: i64 },
 }
 
 /// One assigned partition, as the poll thread keeps it.
@@ -74,8 +90,12 @@ pub(crate) struct Partition {
     partition: i32,
     progress: Arc<Progress>,
     worker: Option<Worker>,
-    /// Offset of the last record handed to the worker.
+    /// Offset of the last record handed to the worker or held for it.
     last_dispatched: i64,
+    /// Records decoded in this poll burst, not yet sent to the task.
+    held: Vec<Item>,
+    /// How this partition's topic is read, taken from the context at the first record.
+    reader: Option<Reader>,
     /// The offset last committed to Kafka.
     committed: i64,
     paused: bool,
@@ -83,14 +103,14 @@ pub(crate) struct Partition {
 }
 
 struct Worker {
-    tx: UnboundedSender<OwnedMessage>,
+    tx: UnboundedSender<Vec<Item>>,
     stop: CancellationToken,
     join: JoinHandle<()>,
 }
 
 /// A partition's task, told to stop, to be awaited.
 pub(crate) struct Stopping {
-    tx: UnboundedSender<OwnedMessage>,
+    tx: UnboundedSender<Vec<Item>>,
     join: JoinHandle<()>,
 }
 
@@ -110,6 +130,8 @@ impl Partition {
             progress: Arc::new(Progress { done: AtomicI64::new(-1), queued: AtomicUsize::new(0) }),
             worker: None,
             last_dispatched: -1,
+            held: Vec::new(),
+            reader: None,
             committed: -1,
             paused: false,
             lag: CONSUMER_LAG.partition_gauge(topic, partition),
@@ -120,21 +142,32 @@ impl Partition {
         &self.topic
     }
 
-    /// Hands `message` to the partition's task, starting the task if needed.
-    pub(crate) fn dispatch(&mut self, context: &Arc<PartitionContext>, message: OwnedMessage) -> Dispatched {
+    /// Decodes `message` and holds it for the partition's task until [`Partition::flush`].
+    pub(crate) fn dispatch(&mut self, context: &PartitionContext, message: &BorrowedMessage<'_>) -> Dispatched {
         let offset = message.offset();
         if offset <= self.last_dispatched {
             return Dispatched::Duplicate;
         }
-        let worker = self.worker.get_or_insert_with(|| spawn(context, &self.topic, self.partition, &self.progress));
-        // Counted before sending: the task may take the record (and count it down) at once.
-        let queued = self.progress.queued.fetch_add(1, Ordering::AcqRel).saturating_add(1);
-        if worker.tx.send(message).is_err() {
-            self.progress.queued.fetch_sub(1, Ordering::AcqRel);
-            return Dispatched::TaskEnded;
-        }
+        let reader = *self.reader.get_or_insert_with(|| context.formats.reader(&self.topic));
+        self.held.push(decode(&reader, message, context.processor.uses_origin()));
         self.last_dispatched = offset;
-        Dispatched::Queued { queued }
+        Dispatched::Held
+    }
+
+    /// Hands the records held since the last flush to the partition's task, starting the task if
+    /// needed.
+    pub(crate) fn flush(&mut self, context: &Arc<PartitionContext>) -> Flushed {
+        let Some(first) = self.held.first().map(Item::offset) else { return Flushed::Nothing };
+        let held = std::mem::take(&mut self.held);
+        let count = held.len();
+        let worker = self.worker.get_or_insert_with(|| spawn(context, &self.topic, self.partition, &self.progress));
+        // Counted before sending: the task may take the records (and count them down) at once.
+        let queued = self.progress.queued.fetch_add(count, Ordering::AcqRel).saturating_add(count);
+        if worker.tx.send(held).is_err() {
+            self.progress.queued.fetch_sub(count, Ordering::AcqRel);
+            return Flushed::TaskEnded { first };
+        }
+        Flushed::Queued { queued }
     }
 
     /// Whether the partition should be paused now: `max_queued` records wait and it is not yet.
@@ -236,11 +269,13 @@ struct PartitionTask {
     topic: String,
     partition: i32,
     progress: Arc<Progress>,
-    rx: UnboundedReceiver<OwnedMessage>,
+    rx: UnboundedReceiver<Vec<Item>>,
     stop: CancellationToken,
     meters: PartitionMeters,
 }
 
+/// A decoded record: an op (with its offset and, if the processor reads it, its origin), or a
+/// record that is not a valid op, detached from librdkafka with the reason.
 enum Item {
     Op(i64, ReplicationOp, Option<Origin>, Option<SnapshotKind>),
     /// A record without a row change (a tombstone, a transaction boundary): finished with the batch.
@@ -248,62 +283,85 @@ enum Item {
     Invalid(OwnedMessage, String),
 }
 
+impl Item {
+    fn offset(&self) -> i64 {
+        match self {
+            Item::Op(offset, ..) | Item::Skipped(offset) => *offset,
+            Item::Invalid(message, _) => message.offset(),
+        }
+    }
+}
+
 impl PartitionTask {
     async fn run(mut self) {
         let max_batch = self.context.processor.max_batch();
         let linger = self.context.processor.linger();
-        let reader = self.context.formats.reader(&self.topic);
-        let decode = |message| decode(&reader, message);
+        let mut pending: VecDeque<Item> = VecDeque::new();
+        // Reused from batch to batch.
+        let (mut offsets, mut ops, mut origins, mut snapshots) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         loop {
-            let first = tokio::select! {
-                biased;
-                () = self.stop.cancelled() => return,
-                m = self.rx.recv() => match m { Some(m) => m, None => return },
-            };
-            let mut items = vec![decode(first)];
-            let deadline = Instant::now() + linger;
-            while items.len() < max_batch && matches!(items.last(), Some(Item::Op(..) | Item::Skipped(..))) {
+            // Told to stop: the batch in hand is finished, the records queued behind it are not.
+            if self.stop.is_cancelled() {
+                return;
+            }
+            if pending.is_empty() {
+                let chunk = tokio::select! {
+                    biased;
+                    () = self.stop.cancelled() => return,
+                    chunk = self.rx.recv() => match chunk { Some(chunk) => chunk, None => return },
+                };
+                pending.extend(chunk);
+            }
+            offsets.clear();
+            ops.clear();
+            origins.clear();
+            snapshots.clear();
+            let (mut skipped, mut last_skipped) = (0_usize, None);
+            let mut invalid = None;
+            let mut deadline = None;
+            loop {
+                while offsets.len() < max_batch {
+                    match pending.pop_front() {
+                        Some(Item::Op(offset, op, origin, snapshot)) => {
+                            offsets.push(offset);
+                            ops.push(op);
+                            origins.push(origin);
+                            snapshots.push(snapshot);
+                        }
+                        Some(Item::Skipped(offset)) => {
+                            self.meters.skipped.increment(1);
+                            skipped += 1;
+                            last_skipped = Some(offset);
+                        }
+                        // An invalid record ends the batch: the ops before it are handled first.
+                        Some(Item::Invalid(message, reason)) => {
+                            invalid = Some((message, reason));
+                            break;
+                        }
+                        None => break,
+                    }
+                }
+                if invalid.is_some() || offsets.len() >= max_batch {
+                    break;
+                }
                 match self.rx.try_recv() {
-                    Ok(m) => items.push(decode(m)),
+                    Ok(chunk) => pending.extend(chunk),
                     Err(TryRecvError::Disconnected) => break,
                     Err(TryRecvError::Empty) => {
+                        let deadline = *deadline.get_or_insert_with(|| Instant::now() + linger);
                         let left = deadline.saturating_duration_since(Instant::now());
                         if left.is_zero() {
                             break;
                         }
                         match tokio::time::timeout(left, self.rx.recv()).await {
-                            Ok(Some(m)) => items.push(decode(m)),
+                            Ok(Some(chunk)) => pending.extend(chunk),
                             _ => break,
                         }
                     }
                 }
             }
-            self.progress.queued.fetch_sub(items.len(), Ordering::AcqRel);
+            self.progress.queued.fetch_sub(offsets.len() + skipped + usize::from(invalid.is_some()), Ordering::AcqRel);
 
-            let invalid = match items.last() {
-                Some(Item::Invalid(..)) => items.pop(),
-                _ => None,
-            };
-            let mut offsets = Vec::with_capacity(items.len());
-            let mut ops = Vec::with_capacity(items.len());
-            let mut origins = Vec::with_capacity(items.len());
-            let mut snapshots = Vec::with_capacity(items.len());
-            let mut last_skipped = None;
-            for item in items {
-                match item {
-                    Item::Op(offset, op, origin, snapshot) => {
-                        offsets.push(offset);
-                        ops.push(op);
-                        origins.push(origin);
-                        snapshots.push(snapshot);
-                    }
-                    Item::Skipped(offset) => {
-                        self.meters.skipped.increment(1);
-                        last_skipped = Some(offset);
-                    }
-                    Item::Invalid(..) => {}
-                }
-            }
             if !self.handle_ops(&ops, &offsets, &origins, &snapshots).await {
                 return;
             }
@@ -311,7 +369,7 @@ impl PartitionTask {
                 // Passed-over records finish with the ops around them, never before them.
                 self.progress.finish(offsets.last().map_or(skipped, |&last| last.max(skipped)));
             }
-            if let Some(Item::Invalid(message, reason)) = invalid {
+            if let Some((message, reason)) = invalid {
                 if !self.handle_invalid(message, reason).await {
                     return;
                 }
@@ -389,7 +447,9 @@ impl PartitionTask {
     }
 }
 
-fn decode(reader: &Reader, message: OwnedMessage) -> Item {
+/// Decodes a record (borrowed from librdkafka; copied only when invalid) as `reader` reads its
+/// topic, keeping its origin when `keep_origin`.
+fn decode(reader: &Reader, message: &BorrowedMessage<'_>, keep_origin: bool) -> Item {
     let parsed = match reader.read(message.payload(), message.offset()) {
         Read::Op(op, snapshot) => Ok((op, snapshot)),
         Read::Skipped(why) => {
@@ -401,7 +461,8 @@ fn decode(reader: &Reader, message: OwnedMessage) -> Item {
     // The producer's origin headers; a record with broken ones is invalid like a broken value.
     let origin = match message.headers() {
         None => Ok(None),
-        Some(headers) => Origin::from_headers(headers.iter().map(|h| (h.key, h.value))),
+        Some(headers) if keep_origin => Origin::from_headers(headers.iter().map(|h| (h.key, h.value))),
+        Some(headers) => Origin::check_headers(headers.iter().map(|h| (h.key, h.value))).map(|()| None),
     };
     match (parsed, origin) {
         (Ok((op, in_value)), Ok(origin)) => {
@@ -411,6 +472,6 @@ fn decode(reader: &Reader, message: OwnedMessage) -> Item {
                 .or(in_value);
             Item::Op(message.offset(), op, origin, snapshot)
         }
-        (Err(reason), _) | (_, Err(reason)) => Item::Invalid(message, reason),
+        (Err(reason), _) | (_, Err(reason)) => Item::Invalid(message.detach(), reason),
     }
 }

@@ -21,6 +21,11 @@ pub(crate) trait Processor: Send + Sync + 'static {
     fn max_batch(&self) -> usize;
     /// How long to wait for more ops to fill a batch.
     fn linger(&self) -> Duration;
+    /// Whether `process` reads the ops' origins; when not, records' origin headers are only
+    /// checked (a record with broken ones is still invalid), not kept.
+    fn uses_origin(&self) -> bool {
+        true
+    }
     /// Handles `batch` (consecutive ops of one partition) as one unit: all or nothing.
     async fn process(&self, topic: &str, partition: i32, batch: Batch<'_>) -> Result<Outcome, ConsumerError>;
 }
@@ -51,6 +56,10 @@ impl<A: BasicApplication> Processor for BasicProcessor<A> {
 
     fn linger(&self) -> Duration {
         Duration::ZERO
+    }
+
+    fn uses_origin(&self) -> bool {
+        false
     }
 
     async fn process(&self, topic: &str, partition: i32, batch: Batch<'_>) -> Result<Outcome, ConsumerError> {
@@ -102,6 +111,10 @@ impl RetryingProcessor {
 
     pub(crate) fn linger(&self) -> Duration {
         self.processor.linger()
+    }
+
+    pub(crate) fn uses_origin(&self) -> bool {
+        self.processor.uses_origin()
     }
 
     /// Processes `batch` until done, a fatal error, or `stop`: a transient error

@@ -1,4 +1,5 @@
-//! The poll loop: one thread polls Kafka, hands each record to its partition, follows rebalances
+//! The poll loop: one thread polls Kafka, hands each record to its partition (the records of a
+//! poll burst in one send per partition), follows rebalances
 //! (the revoked partitions finish the op in hand and commit before they are given up) and commits
 //! finished offsets.
 
@@ -9,7 +10,7 @@ use std::time::{Duration, Instant};
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer as _, ConsumerContext, Rebalance};
 use rdkafka::error::{KafkaError, KafkaResult};
-use rdkafka::message::{Message as _, OwnedMessage};
+use rdkafka::message::{BorrowedMessage, Message as _};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
@@ -18,7 +19,7 @@ use tracing::{debug, error, info, warn};
 use super::dead_letter::DeadLetterSender;
 use super::format::Formats;
 use super::halt::Halt;
-use super::partition::{Dispatched, OnInvalid, Partition, PartitionContext};
+use super::partition::{Dispatched, Flushed, OnInvalid, Partition, PartitionContext};
 use super::processor::{Processor, RetryingProcessor};
 use super::{ConsumerError, InvalidMessagePolicy, Settings};
 use crate::kafka_config::{self, KafkaClientConfig, Pinned};
@@ -110,8 +111,8 @@ impl Assignment {
         self.partitions.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Hands a record to its partition, pausing the partition when its task is behind.
-    fn dispatch(&self, consumer: &BaseConsumer<Context>, message: OwnedMessage) {
+    /// Decodes a record and holds it in its partition until [`Assignment::flush`].
+    fn dispatch(&self, message: &BorrowedMessage<'_>) {
         let (p, offset) = (message.partition(), message.offset());
         let mut partitions = self.lock();
         let Some(partition) = partitions.get_mut(message.topic(), p) else {
@@ -119,25 +120,34 @@ impl Assignment {
             return;
         };
         match partition.dispatch(&self.context, message) {
-            Dispatched::Queued { queued } if partition.should_pause(queued, self.max_queued) => {
-                match consumer.pause(&single(partition.topic(), p)) {
-                    Ok(()) => {
-                        debug!(topic = partition.topic(), partition = p, queued, "paused: the partition's task is behind");
-                        partition.set_paused(true);
-                    }
-                    Err(e) => warn!(topic = partition.topic(), partition = p, "cannot pause: {e}"),
-                }
-            }
-            Dispatched::Queued { .. } => {}
-            // After a fatal error the task ended on purpose and the halt already holds the error
-            // (it keeps the first). Otherwise the task died without a word: never drop the
-            // partition's records silently.
-            Dispatched::TaskEnded => self.context.halt.fail(ConsumerError::fatal(format!(
-                "the task of {} partition {p} ended unexpectedly; offset {offset} and later are not handled",
-                partition.topic()
-            ))),
+            Dispatched::Held => {}
             Dispatched::Duplicate => {
                 debug!(topic = partition.topic(), partition = p, offset, "record delivered twice by librdkafka; dropped");
+            }
+        }
+    }
+
+    /// Hands the records held by each partition to its task, pausing a partition whose task is behind.
+    fn flush(&self, consumer: &BaseConsumer<Context>) {
+        let mut partitions = self.lock();
+        for (topic, p, partition) in partitions.selected(None) {
+            match partition.flush(&self.context) {
+                Flushed::Queued { queued } if partition.should_pause(queued, self.max_queued) => {
+                    match consumer.pause(&single(topic, p)) {
+                        Ok(()) => {
+                            debug!(topic, partition = p, queued, "paused: the partition's task is behind");
+                            partition.set_paused(true);
+                        }
+                        Err(e) => warn!(topic, partition = p, "cannot pause: {e}"),
+                    }
+                }
+                Flushed::Queued { .. } | Flushed::Nothing => {}
+                // After a fatal error the task ended on purpose and the halt already holds the error
+                // (it keeps the first). Otherwise the task died without a word: never drop the
+                // partition's records silently.
+                Flushed::TaskEnded { first } => self.context.halt.fail(ConsumerError::fatal(format!(
+                    "the task of {topic} partition {p} ended unexpectedly; offset {first} and later are not handled"
+                ))),
             }
         }
     }
@@ -197,6 +207,10 @@ fn single(topic: &str, partition: i32) -> TopicPartitionList {
     list.add_partition(topic, partition);
     list
 }
+
+/// At most this many records are taken from librdkafka (without waiting) before they are handed
+/// to their partitions' tasks: a burst costs one wake-up per partition instead of one per record.
+const MAX_BURST: usize = 1_000;
 
 /// librdkafka's callbacks. They run on the poll thread, inside `poll`.
 struct Context {
@@ -358,14 +372,26 @@ impl Poller {
             if self.halt.is_raised() || self.shutdown.is_cancelled() {
                 break;
             }
-            match consumer.poll(Duration::from_millis(100)) {
-                None => {}
-                Some(Ok(message)) => self.assignment.dispatch(consumer, message.detach()),
-                Some(Err(e)) if is_fatal_poll_error(&e) => {
-                    self.halt.fail(ConsumerError::Kafka(e));
-                    break;
+            let mut next = consumer.poll(Duration::from_millis(100));
+            let (mut taken, mut fatal) = (0, false);
+            while let Some(result) = next.take() {
+                match result {
+                    Ok(message) => self.assignment.dispatch(&message),
+                    Err(e) if is_fatal_poll_error(&e) => {
+                        self.halt.fail(ConsumerError::Kafka(e));
+                        fatal = true;
+                        break;
+                    }
+                    Err(e) => warn!("kafka: {e}"),
                 }
-                Some(Err(e)) => warn!("kafka: {e}"),
+                taken += 1;
+                if taken < MAX_BURST {
+                    next = consumer.poll(Duration::ZERO);
+                }
+            }
+            self.assignment.flush(consumer);
+            if fatal {
+                break;
             }
             self.assignment.resume_drained(consumer);
             if last_commit.elapsed() >= self.commit_interval {
