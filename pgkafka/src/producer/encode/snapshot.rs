@@ -22,7 +22,11 @@ pub(crate) struct ColumnType<'a> {
 
 impl<'a> ColumnType<'a> {
     pub(crate) fn new(name: &'a str, type_oid: u32, type_modifier: i32) -> Self {
-        Self { name, type_oid, type_modifier }
+        Self {
+            name,
+            type_oid,
+            type_modifier,
+        }
     }
 }
 
@@ -62,7 +66,10 @@ pub(crate) struct SnapshotRows {
 
 impl std::fmt::Debug for SnapshotRows {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SnapshotRows").field("table_name", &self.table_name).field("topic", &self.topic).finish_non_exhaustive()
+        f.debug_struct("SnapshotRows")
+            .field("table_name", &self.table_name)
+            .field("topic", &self.topic)
+            .finish_non_exhaustive()
     }
 }
 
@@ -71,7 +78,11 @@ impl Encoder {
     ///
     /// # Errors
     /// A message naming the table when a partition-key column is not among `columns`.
-    pub(crate) fn snapshot_rows(&self, route: &TableRoute, columns: &[ColumnType<'_>]) -> Result<SnapshotRows, String> {
+    pub(crate) fn snapshot_rows(
+        &self,
+        route: &TableRoute,
+        columns: &[ColumnType<'_>],
+    ) -> Result<SnapshotRows, String> {
         let col_names: Vec<String> = columns.iter().map(|c| c.name.to_owned()).collect();
         let key_indexes = route
             .key_columns
@@ -79,7 +90,10 @@ impl Encoder {
             .map(|key| col_names.iter().position(|c| c == key))
             .collect::<Option<Vec<usize>>>()
             .ok_or_else(|| {
-                format!("table {}: a partition-key column is not among its columns {col_names:?}", route.table_name)
+                format!(
+                    "table {}: a partition-key column is not among its columns {col_names:?}",
+                    route.table_name
+                )
             })?;
         let format = self.table_format(route, columns.iter().copied(), &key_indexes);
         Ok(SnapshotRows {
@@ -109,8 +123,18 @@ impl SnapshotRows {
         seq_id: u64,
         timestamp_ms: i64,
     ) -> Result<Record<'_>, String> {
-        let Self { table_name, topic, col_names, key_indexes, format, key, value } = self;
-        let cannot = |e: String| format!("cannot write a snapshot row of table {table_name} at LSN {position}: {e}");
+        let Self {
+            table_name,
+            topic,
+            col_names,
+            key_indexes,
+            format,
+            key,
+            value,
+        } = self;
+        let cannot = |e: String| {
+            format!("cannot write a snapshot row of table {table_name} at LSN {position}: {e}")
+        };
         key.clear();
         format.write_key(row, key_indexes, key).map_err(cannot)?;
         value.clear();
@@ -123,6 +147,12 @@ impl SnapshotRows {
             source: Source::snapshot_row(read, position, timestamp_ms.saturating_mul(1000)),
         };
         format.write_value(&op, value).map_err(cannot)?;
-        Ok(Record { table_name, topic, key, value: Some(value), timestamp_ms })
+        Ok(Record {
+            table_name,
+            topic,
+            key,
+            value: Some(value),
+            timestamp_ms,
+        })
     }
 }

@@ -11,7 +11,8 @@
 //! - [`Backfills`] is the session's side: it marks the keys of a watched table's streamed
 //!   changes in its [`Window`], and at the high watermark publishes the rows the window keeps as
 //!   `Insert` records at `(lsn = the high watermark's LSN, seq_id = 0, 1, ...)` with the header
-//!   `pgkafka.snapshot: backfill`, as one transaction of the sink.
+//!   `pgkafka.snapshot: backfill`, as one transaction of the sink, written by the encoder's
+//!   [`SnapshotRows`](crate::producer::encode::SnapshotRows) in the topic's format.
 //!
 //! Watermarks are non-transactional logical messages with the prefix `pgkafka` and a JSON body
 //! naming the slot, the backfill and the chunk; messages of other slots are ignored.
