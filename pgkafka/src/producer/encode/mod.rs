@@ -945,4 +945,43 @@ mod tests {
         let (k, op, _) = record(pgkafka.encode(&message, Lsn(0), Lsn(1)).unwrap());
         assert_eq!((k, op.op.kind()), (key(&["9"]), pgkafka_common::OpKind::Update));
     }
+
+    /// A snapshot row is written by the table's format: in pgkafka's, the `Insert` a streamed
+    /// insert would be at the snapshot's position, byte for byte; in Debezium's, a read event
+    /// (`op: "r"`) saying which snapshot read it, at that position, keyed like a change.
+    #[test]
+    fn snapshot_rows_are_inserts_or_debezium_read_events() {
+        use crate::producer::{DebeziumOptions, OutputFormat};
+        let columns = [ColumnType::new("id", 23, -1), ColumnType::new("org", 23, -1), ColumnType::new("doc", 25, -1)];
+        let row = [Some("1".to_owned()), Some("42".to_owned()), None];
+        let pgkafka = encoder_with(&["org"], &OutputFormat::Pgkafka);
+        let route = pgkafka.routes.get("sales", "orders").unwrap().clone();
+        let mut rows = pgkafka.snapshot_rows(&route, &columns).unwrap();
+        let record = rows.write(&row, SnapshotRead::Initial, Lsn(0x500), 3, 1_700_000_000_000).unwrap();
+        assert_eq!((record.topic, record.key, record.timestamp_ms), ("orders_topic", &key(&["42"])[..], 1_700_000_000_000));
+        let op = ReplicationOp {
+            table_name: "sales.orders".into(),
+            col_names: vec!["id".into(), "org".into(), "doc".into()],
+            lsn: 0x500,
+            seq_id: 3,
+            op: Op::Insert(row.to_vec()),
+        };
+        assert_eq!(record.value.unwrap(), serde_json::to_vec(&op).unwrap());
+
+        let mut options = DebeziumOptions::new("server");
+        options.schemas = false;
+        let debezium = encoder_with(&[], &OutputFormat::Debezium(options));
+        let mut rows = debezium.snapshot_rows(&route, &columns).unwrap();
+        for (read, flag) in [(SnapshotRead::Initial, "true"), (SnapshotRead::Last, "last"), (SnapshotRead::Incremental, "incremental")] {
+            let record = rows.write(&row, read, Lsn(0x500), 0, 1_700_000_000_000).unwrap();
+            assert_eq!(record.key, br#"{"org":42}"#);
+            let event: serde_json::Value = serde_json::from_slice(record.value.unwrap()).unwrap();
+            assert_eq!((event["op"].as_str(), event["source"]["snapshot"].as_str()), (Some("r"), Some(flag)));
+            assert_eq!((event["before"].clone(), event["after"]["id"].clone()), (serde_json::Value::Null, serde_json::json!(1)));
+            assert_eq!((event["source"]["sequence"].as_str(), event["source"]["lsn"].as_u64()), (Some("[\"1280\",\"1280\"]"), Some(0x500)));
+        }
+        let without_key = ColumnType::new("id", 23, -1);
+        let error = pgkafka.snapshot_rows(&route, &[without_key]).unwrap_err();
+        assert!(error.contains("sales.orders") && error.contains("partition-key"), "{error}");
+    }
 }
