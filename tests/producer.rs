@@ -11,6 +11,7 @@
 mod backfill;
 mod crash;
 mod debezium;
+mod debezium_snapshot;
 mod disruption;
 mod lifecycle;
 mod refused;

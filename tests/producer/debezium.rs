@@ -16,14 +16,14 @@ use serde_json::{json, Value};
 use super::{id_table, Scenario, Table};
 
 /// A golden file of `tests/fixtures/debezium/golden/`.
-fn fixture(name: &str) -> String {
+pub(super) fn fixture(name: &str) -> String {
     let path = format!("{}/fixtures/debezium/golden/{name}", env!("CARGO_MANIFEST_DIR"));
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
 }
 
 /// Removes the fields that differ from run to run: timestamps, LSNs, the transaction id, the
 /// version. `value` is an envelope payload or a `{"schema", "payload"}` pair.
-fn strip_volatile(mut value: Value) -> Value {
+pub(super) fn strip_volatile(mut value: Value) -> Value {
     let payload = if value.get("payload").is_some() { &mut value["payload"] } else { &mut value };
     if let Some(payload) = payload.as_object_mut() {
         for field in ["ts_ms", "ts_us", "ts_ns"] {
@@ -40,7 +40,7 @@ fn strip_volatile(mut value: Value) -> Value {
 
 /// The keys of the JSON object at `path` in `json`, in the order they are written
 /// (`serde_json::Value` sorts them).
-fn key_order(json: &str, path: &[&str]) -> Vec<String> {
+pub(super) fn key_order(json: &str, path: &[&str]) -> Vec<String> {
     struct At<'p>(&'p [&'p str]);
     impl<'de> DeserializeSeed<'de> for At<'_> {
         type Value = Vec<String>;
@@ -69,7 +69,7 @@ fn key_order(json: &str, path: &[&str]) -> Vec<String> {
 }
 
 /// Reads `topics` until they hold at least `count` records together.
-async fn read_at_least(topics: &[String], count: usize, timeout: Duration) -> Vec<(String, Record)> {
+pub(super) async fn read_at_least(topics: &[String], count: usize, timeout: Duration) -> Vec<(String, Record)> {
     let deadline = Instant::now() + timeout;
     loop {
         let records = read_topics(topics).await;
@@ -80,11 +80,11 @@ async fn read_at_least(topics: &[String], count: usize, timeout: Duration) -> Ve
     }
 }
 
-fn text(bytes: Option<&[u8]>) -> String {
+pub(super) fn text(bytes: Option<&[u8]>) -> String {
     String::from_utf8(bytes.expect("a record without a value").to_vec()).unwrap()
 }
 
-fn debezium(name: &str, schemas: bool) -> DebeziumOptions {
+pub(super) fn debezium(name: &str, schemas: bool) -> DebeziumOptions {
     let mut options = DebeziumOptions::new(name);
     options.schemas = schemas;
     options

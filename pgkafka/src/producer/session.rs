@@ -179,7 +179,7 @@ impl Session<'_> {
     async fn run_snapshot(&mut self, shutdown: &CancellationToken) -> Result<Next, Failure> {
         let Some((prepared, routes)) = self.snapshot.take() else { return Ok(Next::Continue) };
         let counters = Counters { produced: self.meters.produced.clone(), bytes: self.meters.bytes.clone() };
-        if !prepared.run(&routes, self.sink, &self.headers, &counters, shutdown).await? {
+        if !prepared.run(&routes, &self.encoder, self.sink, &self.headers, &counters, shutdown).await? {
             return Ok(Next::Shutdown);
         }
         if self.config.snapshot.mode == SnapshotMode::InitialOnly {
@@ -295,7 +295,7 @@ impl Session<'_> {
                     if self.tx.is_some() {
                         return Err(ProducerError::Protocol { lsn: Lsn(lsn.as_u64()), message: "a backfill watermark inside a transaction".into() }.into());
                     }
-                    if !backfills.publish(chunk, Lsn(lsn.as_u64()), self.sink, shutdown).await? {
+                    if !backfills.publish(chunk, Lsn(lsn.as_u64()), &self.encoder, self.sink, shutdown).await? {
                         return Ok(Next::Shutdown);
                     }
                 }

@@ -37,15 +37,7 @@ pub(crate) fn validate(config: &ProducerConfig) -> Result<ConnectionInfo, Produc
             "status_interval is zero; the confirmed position needs a positive reporting interval (default 1 s)".into(),
         ));
     }
-    let formats = config.formats()?;
-    let topics: Vec<&str> = config.topic_map.values().map(|info| info.name.as_str()).collect();
-    if (config.snapshot.enabled() || config.backfill.enabled) && !formats.debezium_of(&topics).is_empty() {
-        return Err(ProducerError::Config(
-            "snapshots and backfills write pgkafka-format rows only: a topic in the debezium format cannot have \
-             snapshot = \"initial\"/\"initial_only\" or backfills = true yet"
-                .into(),
-        ));
-    }
+    config.formats()?;
     ConnectionInfo::parse(&config.connection_string)
 }
 

@@ -8,8 +8,10 @@
 
 pub(crate) mod debezium;
 mod json;
+mod snapshot;
 
 pub(crate) use self::json::JsonValue;
+pub(crate) use self::snapshot::{ColumnType, SnapshotRead, SnapshotRows};
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -76,8 +78,8 @@ pub(crate) struct Source<'a> {
     /// Debezium's `lastCommitLsn`, the first element of `source.sequence`: a position below
     /// this transaction's commit and above the previous transaction's, the same in every run.
     pub(crate) last_commit_lsn: Option<Lsn>,
-    /// Whether the row was read by a snapshot rather than streamed (Debezium op `r`).
-    pub(crate) snapshot: bool,
+    /// Which snapshot read the row, `None` when it was streamed (Debezium op `r` otherwise).
+    pub(crate) snapshot: Option<SnapshotRead>,
     /// When the record is written, microseconds since the Unix epoch.
     pub(crate) now_micros: i64,
     /// The change's place in its transaction, when transaction metadata is on.
@@ -85,15 +87,15 @@ pub(crate) struct Source<'a> {
 }
 
 impl Source<'_> {
-    /// A row read by a snapshot at `position`, written at `now_micros`.
-    pub(crate) fn snapshot_row(position: Lsn, now_micros: i64) -> Self {
+    /// A row read by a `read` snapshot at `position`, written at `now_micros`.
+    pub(crate) fn snapshot_row(read: SnapshotRead, position: Lsn, now_micros: i64) -> Self {
         Self {
             change_lsn: position,
             // Debezium's snapshot rows carry the position the stream continues from.
             last_commit_lsn: Some(position),
             commit_time_micros: now_micros,
             now_micros,
-            snapshot: true,
+            snapshot: Some(read),
             ..Self::default()
         }
     }
@@ -363,17 +365,29 @@ impl Encoder {
             .iter()
             .map(|key| col_names.iter().position(|c| c == key).ok_or_else(|| key.clone()))
             .collect();
-        let format: Box<dyn ValueFormat> = match self.formats.for_topic(&route.topic) {
+        let columns = relation.columns.iter().map(|c| ColumnType::new(&c.name, c.type_id, c.type_modifier));
+        let format = self.table_format(&route, columns, key_indexes.as_deref().unwrap_or_default());
+        self.relations.insert(relation.id, Relation { route, col_names, key_indexes, format });
+        Ok(())
+    }
+
+    /// How the records of `route`'s table are written in its topic's format, the table having
+    /// `columns` (as its records list them) and its partition key at `key_indexes`.
+    fn table_format<'c>(
+        &self,
+        route: &TableRoute,
+        columns: impl Iterator<Item = ColumnType<'c>>,
+        key_indexes: &[usize],
+    ) -> Box<dyn ValueFormat> {
+        match self.formats.for_topic(&route.topic) {
             Resolved::Pgkafka => Box::new(JsonValue),
             Resolved::Debezium(options) => {
-                let columns = relation
-                    .columns
-                    .iter()
+                let columns = columns
                     .map(|column| DebeziumColumn {
-                        name: column.name.clone(),
-                        kind: Kind::of(column.type_id, column.type_modifier),
+                        name: column.name.to_owned(),
+                        kind: Kind::of(column.type_oid, column.type_modifier),
                         // A column added since the producer started is not in the catalog read then.
-                        optional: !route.not_null.contains(&column.name),
+                        optional: !route.not_null.iter().any(|name| name == column.name),
                     })
                     .collect();
                 Box::new(DebeziumTable::new(
@@ -382,12 +396,10 @@ impl Encoder {
                     &route.schema,
                     &route.table,
                     columns,
-                    key_indexes.clone().unwrap_or_default(),
+                    key_indexes.to_vec(),
                 ))
             }
-        };
-        self.relations.insert(relation.id, Relation { route, col_names, key_indexes, format });
-        Ok(())
+        }
     }
 
     /// The hot path: one relation lookup, the rows moved (not copied) out of the message, key
@@ -501,7 +513,7 @@ impl Encoder {
             // lies between the same two commits and is the same in every run, re-sends included:
             // a consumer that orders by it (lsn = sequence[0] + 1) gets the commit LSN.
             last_commit_lsn: Some(Lsn(tx.commit_lsn.0.saturating_sub(1))),
-            snapshot: false,
+            snapshot: None,
             // Only the Debezium format writes the time of writing: no clock read on the pgkafka path.
             now_micros: if debezium.is_some() { clock() } else { 0 },
             transaction: place(orders[0]),
@@ -932,5 +944,44 @@ mod tests {
         pgkafka.begin(Lsn(0x500), 0, 42);
         let (k, op, _) = record(pgkafka.encode(&message, Lsn(0), Lsn(1)).unwrap());
         assert_eq!((k, op.op.kind()), (key(&["9"]), pgkafka_common::OpKind::Update));
+    }
+
+    /// A snapshot row is written by the table's format: in pgkafka's, the `Insert` a streamed
+    /// insert would be at the snapshot's position, byte for byte; in Debezium's, a read event
+    /// (`op: "r"`) saying which snapshot read it, at that position, keyed like a change.
+    #[test]
+    fn snapshot_rows_are_inserts_or_debezium_read_events() {
+        use crate::producer::{DebeziumOptions, OutputFormat};
+        let columns = [ColumnType::new("id", 23, -1), ColumnType::new("org", 23, -1), ColumnType::new("doc", 25, -1)];
+        let row = [Some("1".to_owned()), Some("42".to_owned()), None];
+        let pgkafka = encoder_with(&["org"], &OutputFormat::Pgkafka);
+        let route = pgkafka.routes.get("sales", "orders").unwrap().clone();
+        let mut rows = pgkafka.snapshot_rows(&route, &columns).unwrap();
+        let record = rows.write(&row, SnapshotRead::Initial, Lsn(0x500), 3, 1_700_000_000_000).unwrap();
+        assert_eq!((record.topic, record.key, record.timestamp_ms), ("orders_topic", &key(&["42"])[..], 1_700_000_000_000));
+        let op = ReplicationOp {
+            table_name: "sales.orders".into(),
+            col_names: vec!["id".into(), "org".into(), "doc".into()],
+            lsn: 0x500,
+            seq_id: 3,
+            op: Op::Insert(row.to_vec()),
+        };
+        assert_eq!(record.value.unwrap(), serde_json::to_vec(&op).unwrap());
+
+        let mut options = DebeziumOptions::new("server");
+        options.schemas = false;
+        let debezium = encoder_with(&[], &OutputFormat::Debezium(options));
+        let mut rows = debezium.snapshot_rows(&route, &columns).unwrap();
+        for (read, flag) in [(SnapshotRead::Initial, "true"), (SnapshotRead::Last, "last"), (SnapshotRead::Incremental, "incremental")] {
+            let record = rows.write(&row, read, Lsn(0x500), 0, 1_700_000_000_000).unwrap();
+            assert_eq!(record.key, br#"{"org":42}"#);
+            let event: serde_json::Value = serde_json::from_slice(record.value.unwrap()).unwrap();
+            assert_eq!((event["op"].as_str(), event["source"]["snapshot"].as_str()), (Some("r"), Some(flag)));
+            assert_eq!((event["before"].clone(), event["after"]["id"].clone()), (serde_json::Value::Null, serde_json::json!(1)));
+            assert_eq!((event["source"]["sequence"].as_str(), event["source"]["lsn"].as_u64()), (Some("[\"1280\",\"1280\"]"), Some(0x500)));
+        }
+        let without_key = ColumnType::new("id", 23, -1);
+        let error = pgkafka.snapshot_rows(&route, &[without_key]).unwrap_err();
+        assert!(error.contains("sales.orders") && error.contains("partition-key"), "{error}");
     }
 }

@@ -11,17 +11,18 @@
 //! - [`Backfills`] is the session's side: it marks the keys of a watched table's streamed
 //!   changes in its [`Window`], and at the high watermark publishes the rows the window keeps as
 //!   `Insert` records at `(lsn = the high watermark's LSN, seq_id = 0, 1, ...)` with the header
-//!   `pgkafka.snapshot: backfill`, as one transaction of the sink.
+//!   `pgkafka.snapshot: backfill`, as one transaction of the sink, written by the encoder's
+//!   [`SnapshotRows`](crate::producer::encode::SnapshotRows) in the topic's format.
 //!
 //! Watermarks are non-transactional logical messages with the prefix `pgkafka` and a JSON body
 //! naming the slot, the backfill and the chunk; messages of other slots are ignored.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use metrics::{Counter, Gauge};
 use pgkafka_common::ident::TableName;
-use pgkafka_common::key::encode_key_into;
 use pgkafka_common::Lsn;
 use rdkafka::message::{Header, OwnedHeaders};
 use serde::{Deserialize, Serialize};
@@ -29,15 +30,15 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 
-use super::chunk::ChunkReader;
+use super::chunk::{published_columns, ChunkReader, PublishedColumn};
 use super::control::{ControlTable, Run, RunKind, RunState};
 use super::window::{Key, Window, XidSnapshot};
 use crate::backoff::Backoff;
 use crate::metrics::{PRODUCER_BACKFILL_CHUNKS, PRODUCER_BACKFILL_PROGRESS, PRODUCER_BACKFILL_ROWS};
 use crate::producer::connection::ConnectionInfo;
-use crate::producer::encode::{Change, JsonValue, Record, RowImage, RowOp, Source, ValueFormat};
+use crate::producer::encode::{Encoder, RowImage, SnapshotRead};
 use crate::producer::error::Failure;
-use crate::producer::routes::Routes;
+use crate::producer::routes::{Routes, TableRoute};
 use crate::producer::sink::Sink;
 use crate::producer::watermark::TxId;
 use crate::producer::{Producer, ProducerBuilder, ProducerConfig, ProducerError};
@@ -286,12 +287,11 @@ pub(crate) struct PendingChunk {
     backfill: i64,
     chunk: i64,
     table: String,
-    topic: String,
-    col_names: Vec<String>,
-    /// Positions of the primary-key columns in `col_names`: what the window compares.
+    route: Arc<TableRoute>,
+    /// The columns of `rows`, in order, with their types.
+    columns: Vec<PublishedColumn>,
+    /// Positions of the primary-key columns in `columns`: what the window compares.
     primary_key: Vec<usize>,
-    /// Positions of the partition-key columns: the records' key.
-    partition_key: Vec<usize>,
     rows: Vec<Vec<Option<String>>>,
     snapshot: XidSnapshot,
     published: oneshot::Sender<Published>,
@@ -426,12 +426,13 @@ impl Backfills {
         }
     }
 
-    /// Publishes a ready chunk at `lsn` (its high watermark) as one transaction of the sink.
-    /// Returns `Ok(false)` if `shutdown` came first.
+    /// Publishes a ready chunk at `lsn` (its high watermark) as one transaction of the sink,
+    /// written by `encoder`'s formats. Returns `Ok(false)` if `shutdown` came first.
     pub(crate) async fn publish(
         &self,
         ready: ReadyChunk,
         lsn: Lsn,
+        encoder: &Encoder,
         sink: &Sink,
         shutdown: &CancellationToken,
     ) -> Result<bool, Failure> {
@@ -440,7 +441,9 @@ impl Backfills {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
         let tx: TxId = sink.begin(lsn);
-        let (mut key, mut value) = (Vec::with_capacity(64), Vec::with_capacity(512));
+        let types: Vec<_> = chunk.columns.iter().map(PublishedColumn::as_type).collect();
+        let schema_error = |message: String| Failure::Fatal(ProducerError::Schema(message));
+        let mut writer = encoder.snapshot_rows(&chunk.route, &types).map_err(schema_error)?;
         for (seq_id, row) in chunk.rows.iter().enumerate() {
             if !sink.has_room() {
                 tokio::select! {
@@ -448,25 +451,8 @@ impl Backfills {
                     () = shutdown.cancelled() => return Ok(false),
                 }
             }
-            key.clear();
-            encode_key_into(chunk.partition_key.iter().map(|&i| row.get(i).and_then(Option::as_deref)), &mut key);
-            value.clear();
-            let op = RowOp {
-                table_name: &chunk.table,
-                col_names: &chunk.col_names,
-                lsn: lsn.0,
-                seq_id: seq_id as u64,
-                op: Change::Insert(row),
-                source: Source::snapshot_row(lsn, timestamp_ms.saturating_mul(1000)),
-            };
-            JsonValue.write_value(&op, &mut value).map_err(|e| {
-                Failure::Fatal(ProducerError::Protocol {
-                    lsn,
-                    message: format!("cannot encode a backfill row of table {}: {e}", chunk.table),
-                })
-            })?;
             let record =
-                Record { table_name: &chunk.table, topic: &chunk.topic, key: &key, value: Some(&value), timestamp_ms };
+                writer.write(row, SnapshotRead::Incremental, lsn, seq_id as u64, timestamp_ms).map_err(schema_error)?;
             if !sink.send(tx, &record, &self.headers, shutdown).await? {
                 return Ok(false);
             }
@@ -617,7 +603,8 @@ impl<'a> BackfillTask<'a> {
                 self.slot
             ))
         })?;
-        let col_names = published_columns(client, name.schema, name.table).await?;
+        let columns = published_columns(client, name.schema, name.table).await.map_err(Stop::Retry)?;
+        let col_names: Vec<String> = columns.iter().map(|c| c.name.clone()).collect();
         let primary_key = primary_key(client, name.schema, name.table).await?;
         if primary_key.is_empty() {
             return Err(Stop::Fail(format!(
@@ -637,7 +624,9 @@ impl<'a> BackfillTask<'a> {
                 })
                 .collect()
         };
-        let (pk_positions, partition_positions) = (positions(&primary_key)?, positions(&route.key_columns)?);
+        let pk_positions = positions(&primary_key)?;
+        // A partition key the table lacks fails the backfill before it starts.
+        positions(&route.key_columns)?;
         let reader = ChunkReader::prepare(client, name.schema, name.table, col_names.clone(), self.chunk_size)
             .await
             .map_err(Stop::Fail)?;
@@ -684,10 +673,9 @@ impl<'a> BackfillTask<'a> {
                 backfill: run.id,
                 chunk: chunk_no,
                 table: table.clone(),
-                topic: route.topic.clone(),
-                col_names: col_names.clone(),
+                route: Arc::clone(&route),
+                columns: columns.clone(),
                 primary_key: pk_positions.clone(),
-                partition_key: partition_positions.clone(),
                 rows: chunk.rows,
                 snapshot,
                 published: published_tx,
@@ -747,19 +735,6 @@ impl<'a> BackfillTask<'a> {
     }
 }
 
-/// The columns pgoutput publishes for a table, in its order: live, not generated.
-async fn published_columns(client: &Client, schema: &str, table: &str) -> Result<Vec<String>, Stop> {
-    let rows = client
-        .query(
-            "SELECT a.attname::text FROM pg_catalog.pg_attribute a \
-             WHERE a.attrelid = CAST($1::text AS regclass) AND a.attnum > 0 AND NOT a.attisdropped \
-             AND a.attgenerated = '' ORDER BY a.attnum",
-            &[&pgkafka_common::ident::qualified(schema, table)],
-        )
-        .await?;
-    Ok(rows.iter().map(|row| row.get(0)).collect())
-}
-
 /// The primary key's columns, in key order.
 async fn primary_key(client: &Client, schema: &str, table: &str) -> Result<Vec<String>, Stop> {
     let rows = client
@@ -808,10 +783,18 @@ mod tests {
             backfill,
             chunk,
             table: "t".into(),
-            topic: "t".into(),
-            col_names: vec!["id".into(), "v".into()],
+            route: Arc::new(TableRoute {
+                table_name: "t".into(),
+                topic: "t".into(),
+                key_columns: vec!["id".into()],
+                schema: "public".into(),
+                table: "t".into(),
+                not_null: Vec::new(),
+            }),
+            columns: ["id", "v"]
+                .map(|name| PublishedColumn { name: name.into(), type_oid: 25, type_modifier: -1 })
+                .to_vec(),
             primary_key: vec![0],
-            partition_key: vec![0],
             rows,
             snapshot: XidSnapshot::parse("100:100:").unwrap(),
             published,

@@ -11,6 +11,8 @@ use pgkafka_common::ident::{qualified, quote_ident, table_name};
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, Statement};
 
+use crate::producer::encode::ColumnType;
+
 /// A primary-key column: its name and its SQL type as `format_type` writes it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct KeyColumn {
@@ -112,6 +114,42 @@ impl TableQuery {
     }
 }
 
+/// A column pgoutput sends of a table: its name and type.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct PublishedColumn {
+    pub(crate) name: String,
+    pub(crate) type_oid: u32,
+    pub(crate) type_modifier: i32,
+}
+
+impl PublishedColumn {
+    /// The column as the record writer takes it.
+    pub(crate) fn as_type(&self) -> ColumnType<'_> {
+        ColumnType::new(&self.name, self.type_oid, self.type_modifier)
+    }
+}
+
+/// The columns pgoutput sends of `schema.table`, with their types: every live column but
+/// generated ones, in table order.
+///
+/// # Errors
+/// A message naming the table, on a database error.
+pub(crate) async fn published_columns(client: &Client, schema: &str, table: &str) -> Result<Vec<PublishedColumn>, String> {
+    let rows = client
+        .query(
+            "SELECT a.attname::text, a.atttypid, a.atttypmod FROM pg_catalog.pg_attribute a \
+             WHERE a.attrelid = CAST($1::text AS regclass) AND a.attnum > 0 AND NOT a.attisdropped \
+             AND a.attgenerated = '' ORDER BY a.attnum",
+            &[&qualified(schema, table)],
+        )
+        .await
+        .map_err(|e| format!("reading the columns of table {}: {e}", table_name(schema, table)))?;
+    Ok(rows
+        .iter()
+        .map(|row| PublishedColumn { name: row.get(0), type_oid: row.get(1), type_modifier: row.get(2) })
+        .collect())
+}
+
 /// One chunk of rows, in key order.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub(crate) struct Chunk {
@@ -168,27 +206,6 @@ impl ChunkReader {
         let first = client.prepare(&query.first_sql()).await.map_err(failed)?;
         let next = client.prepare(&query.next_sql()).await.map_err(failed)?;
         Ok(Self { query, first, next, limit: limit.max(1) })
-    }
-
-    /// [`prepare`](Self::prepare) for the columns pgoutput sends of `schema.table`: every live
-    /// column but generated ones, in table order.
-    ///
-    /// # Errors
-    /// A message naming the table: no primary key, or a database error.
-    pub(crate) async fn for_table(client: &Client, schema: &str, table: &str, limit: usize) -> Result<Self, String> {
-        let columns = client
-            .query(
-                "SELECT a.attname::text FROM pg_catalog.pg_attribute a \
-                 WHERE a.attrelid = CAST($1::text AS regclass) AND a.attnum > 0 AND NOT a.attisdropped \
-                 AND a.attgenerated = '' ORDER BY a.attnum",
-                &[&qualified(schema, table)],
-            )
-            .await
-            .map_err(|e| format!("reading the columns of table {}: {e}", table_name(schema, table)))?
-            .iter()
-            .map(|row| row.get(0))
-            .collect();
-        Self::prepare(client, schema, table, columns, limit).await
     }
 
     /// The table's queries.

@@ -5,7 +5,8 @@
 //! 'export')` on the replication session that then streams from it); reader connections import
 //! it (`SET TRANSACTION SNAPSHOT`) and read the tables in key order, chunk by chunk, before the
 //! stream starts. The rows are `Insert` records at `(lsn = the consistent point, seq_id = 0, 1,
-//! ..)` with the [`SNAPSHOT`](pgkafka_common::headers::SNAPSHOT) header.
+//! ..)` with the [`SNAPSHOT`](pgkafka_common::headers::SNAPSHOT) header, written by the encoder's
+//! [`SnapshotRows`] in the topic's format (a Debezium topic gets read events).
 //!
 //! Crash during the snapshot: the control table holds, per table, the last key Kafka
 //! acknowledged, and the slot is never confirmed past the snapshot's point. A restart resumes:
@@ -18,7 +19,6 @@ use std::collections::VecDeque;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use pgkafka_common::headers;
-use pgkafka_common::key::encode_key_into;
 use pgkafka_common::Lsn;
 use pgwire_replication::ReplicationClient;
 use rdkafka::message::{Header, OwnedHeaders};
@@ -27,12 +27,12 @@ use tokio::task::JoinSet;
 use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 
-use super::chunk::{Chunk, ChunkReader};
+use super::chunk::{published_columns, Chunk, ChunkReader};
 use super::control::{ControlTable, Run, RunKind, RunState};
 use super::{Settings, SnapshotMode};
 use crate::producer::catalog::{Catalog, Publication};
 use crate::producer::connection::ConnectionInfo;
-use crate::producer::encode::{Change, JsonValue, Record, RowOp, Source, ValueFormat};
+use crate::producer::encode::{Encoder, SnapshotRead, SnapshotRows};
 use crate::producer::error::{Attempt, Failure};
 use crate::producer::routes::Routes;
 use crate::producer::sink::Sink;
@@ -176,9 +176,7 @@ impl std::fmt::Debug for Prepared {
 /// How one table is turned into records.
 struct TableSend {
     run: Run,
-    topic: String,
-    col_names: Vec<String>,
-    key_indexes: Vec<usize>,
+    rows: SnapshotRows,
     sent_rows: u64,
 }
 
@@ -219,11 +217,12 @@ impl Prepared {
         self.at
     }
 
-    /// Reads every open table and hands its rows to `sink`, recording each chunk's progress once
+    /// Reads every open table and hands its rows, written by `encoder`'s formats, to `sink`, recording each chunk's progress once
     /// Kafka acknowledged it, and each table as done. Returns `Ok(false)` if `shutdown` came first.
     pub(crate) async fn run(
         self,
         routes: &Routes,
+        encoder: &Encoder,
         sink: &Sink,
         origin: &OwnedHeaders,
         meters: &Counters,
@@ -246,25 +245,16 @@ impl Prepared {
             };
             let slot = index % reader_count;
             let Some(reader) = readers.get(slot) else { continue };
-            let chunks = ChunkReader::for_table(reader, schema, table, chunk_rows)
-                .await
-                .map_err(|e| Failure::Fatal(ProducerError::Schema(e)))?;
-            let col_names = chunks.query().columns().to_vec();
-            let key_indexes = route
-                .key_columns
-                .iter()
-                .map(|key| col_names.iter().position(|c| c == key))
-                .collect::<Option<Vec<usize>>>()
-                .ok_or_else(|| {
-                    ProducerError::Schema(format!(
-                        "table {}: a partition-key column is not among its columns {col_names:?}",
-                        route.table_name
-                    ))
-                })?;
+            let schema_error = |e: String| Failure::Fatal(ProducerError::Schema(e));
+            let columns = published_columns(reader, schema, table).await.map_err(schema_error)?;
+            let col_names = columns.iter().map(|c| c.name.clone()).collect();
+            let chunks = ChunkReader::prepare(reader, schema, table, col_names, chunk_rows).await.map_err(schema_error)?;
+            let types: Vec<_> = columns.iter().map(|c| c.as_type()).collect();
+            let rows = encoder.snapshot_rows(route, &types).map_err(ProducerError::Schema)?;
             tracing::info!(table = %run.table_name, resume_after = ?run.last_key, snapshot_lsn = %at, "snapshot of the table started");
             let table_index = tables.len();
             let resume = run.last_key.clone();
-            tables.push(TableSend { run, topic: route.topic.clone(), col_names, key_indexes, sent_rows: 0 });
+            tables.push(TableSend { run, rows, sent_rows: 0 });
             if let Some(list) = readers_of.get_mut(slot) {
                 list.push((table_index, chunks, resume));
             }
@@ -305,8 +295,8 @@ impl Prepared {
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
         let mut seq_id: u64 = 0;
-        let mut key = Vec::with_capacity(64);
-        let mut value = Vec::with_capacity(512);
+        // Tables whose last chunk is still to come: the last row of the last one ends the snapshot.
+        let mut unread = tables.len();
         let mut waiting: VecDeque<Sent> = VecDeque::new();
         let mut open = tables.len();
         // Whether every reader is done: then what is still waiting is waited for.
@@ -328,43 +318,32 @@ impl Prepared {
                 let Some(table) = tables.get_mut(index) else { continue };
                 let tx = sink.begin(at);
                 let rows = chunk.rows.len();
-                for row in &chunk.rows {
+                for (row_index, row) in chunk.rows.iter().enumerate() {
                     if !sink.has_room() {
                         tokio::select! {
                             room = sink.wait_for_room() => room?,
                             () = shutdown.cancelled() => return Ok(false),
                         }
                     }
-                    key.clear();
-                    encode_key_into(table.key_indexes.iter().map(|&i| row.get(i).and_then(Option::as_deref)), &mut key);
-                    value.clear();
-                    let op = RowOp {
-                        table_name: &table.run.table_name,
-                        col_names: &table.col_names,
-                        lsn: at.0,
-                        seq_id,
-                        op: Change::Insert(row),
-                        source: Source::snapshot_row(at, timestamp_ms.saturating_mul(1000)),
+                    let read = match unread == 1 && last && row_index + 1 == rows {
+                        true => SnapshotRead::Last,
+                        false => SnapshotRead::Initial,
                     };
-                    JsonValue.write_value(&op, &mut value).map_err(|e| ProducerError::Protocol {
-                        lsn: at,
-                        message: format!("cannot encode a snapshot row of table {}: {e}", table.run.table_name),
+                    let record = table.rows.write(row, read, at, seq_id, timestamp_ms).map_err(|message| {
+                        Failure::Fatal(ProducerError::Schema(message))
                     })?;
-                    let record = Record {
-                        table_name: &table.run.table_name,
-                        topic: &table.topic,
-                        key: &key,
-                        value: Some(&value),
-                        timestamp_ms,
-                    };
+                    let value_len = record.value.map_or(0, <[u8]>::len);
                     if !sink.send(tx, &record, &headers, shutdown).await? {
                         return Ok(false);
                     }
                     seq_id += 1;
                     meters.produced.increment(1);
-                    meters.bytes.increment(value.len() as u64);
+                    meters.bytes.increment(value_len as u64);
                 }
                 sink.commit(tx, at);
+                if last {
+                    unread = unread.saturating_sub(1);
+                }
                 table.sent_rows += rows as u64;
                 let last_key = chunk.last_key.clone().or_else(|| table.run.last_key.clone()).unwrap_or_default();
                 waiting.push_back(Sent { tx, index, last_key, rows: i64::try_from(rows).unwrap_or(i64::MAX), last });

@@ -224,7 +224,7 @@ impl DebeziumTable {
                 r#","ts_ms":{},"ts_us":{commit_us},"ts_ns":{},"snapshot":"{}","db":"#,
                 commit_us.div_euclid(1000),
                 commit_us.saturating_mul(1000),
-                if source.snapshot { "true" } else { "false" }
+                source.snapshot.map_or("false", |read| read.as_str())
             )
             .as_bytes(),
         );
@@ -248,7 +248,7 @@ impl ValueFormat for DebeziumTable {
             out.extend_from_slice(prefix.as_bytes());
         }
         let (before, after, code) = match op.op {
-            Change::Insert(new) => (None, Some(new), if op.source.snapshot { "r" } else { "c" }),
+            Change::Insert(new) => (None, Some(new), if op.source.snapshot.is_some() { "r" } else { "c" }),
             Change::Update(old, new) => (Some(old), Some(new), "u"),
             Change::Delete(old) => (Some(old), None, "d"),
         };
@@ -444,7 +444,7 @@ mod tests {
             commit_time_micros: 1_559_033_904_863_123,
             change_lsn: Lsn(24_023_128),
             last_commit_lsn: Some(Lsn(24_023_119)),
-            snapshot: false,
+            snapshot: None,
             now_micros: 1_559_033_904_863_841,
             transaction: None,
         }
@@ -481,8 +481,10 @@ mod tests {
         let mut key = Vec::new();
         table.write_key(&after, &[0], &mut key).unwrap();
         assert_eq!(key, br#"{"id":1}"#);
-        let read = value(&table, Change::Insert(&after), Source { snapshot: true, ..source() });
+        let read = value(&table, Change::Insert(&after), Source { snapshot: Some(crate::producer::encode::SnapshotRead::Initial), ..source() });
         assert_eq!((read["op"].as_str(), read["source"]["snapshot"].as_str()), (Some("r"), Some("true")));
+        let backfilled = value(&table, Change::Insert(&after), Source { snapshot: Some(crate::producer::encode::SnapshotRead::Incremental), ..source() });
+        assert_eq!((backfilled["op"].as_str(), backfilled["source"]["snapshot"].as_str()), (Some("r"), Some("incremental")));
     }
 
     #[test]
