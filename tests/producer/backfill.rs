@@ -281,15 +281,7 @@ async fn a_backfill_while_writing_survives_sigkills_and_folds_to_the_tables() {
     let keys: HashMap<String, Vec<&'static str>> =
         HashMap::from([(a.clone(), vec!["org", "id"]), (b.clone(), vec!["id"])]);
 
-    let config = ChildConfig {
-        database_url: env().database_url.clone(),
-        brokers: env().brokers.clone(),
-        slot: sc.slot.clone(),
-        publication: sc.publication.clone(),
-        topic_map: sc.topic_map.clone(),
-        status_interval_ms: 200,
-        reconnect_backoff_max_ms: 500,
-    };
+    let config = ChildConfig::on_test_servers(&sc.slot, &sc.publication, &sc.topic_map, 200, 500);
     let log = std::env::temp_dir().join(format!("{}.log", unique_name("p_bf_child")));
     println!("child producer logs: {}", log.display());
     let vars = [("PGKAFKA_CHILD_BACKFILL_CHUNK", "25")];

@@ -142,15 +142,7 @@ async fn sigkilled_producers_lose_nothing_and_reorder_nothing() {
         })
         .collect();
     let mut sc = Scenario::new("p_crash", tables).await;
-    let config = ChildConfig {
-        database_url: env().database_url.clone(),
-        brokers: env().brokers.clone(),
-        slot: sc.slot.clone(),
-        publication: sc.publication.clone(),
-        topic_map: sc.topic_map.clone(),
-        status_interval_ms: 300,
-        reconnect_backoff_max_ms: 1000,
-    };
+    let config = ChildConfig::on_test_servers(&sc.slot, &sc.publication, &sc.topic_map, 300, 1000);
     let log = std::env::temp_dir().join(format!("{}.log", unique_name("p_crash_child")));
     println!("child producer logs: {}", log.display());
     let mut child = ChildProducer::spawn(CHILD, &config, &log);

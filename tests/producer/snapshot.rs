@@ -215,15 +215,7 @@ async fn an_initial_snapshot_survives_sigkills_and_matches_the_tables() {
 
     let stop = Arc::new(AtomicBool::new(false));
     let writer = tokio::spawn(writers(composite.clone(), other.clone(), ROWS + 1, Arc::clone(&stop)));
-    let config = ChildConfig {
-        database_url: env().database_url.clone(),
-        brokers: env().brokers.clone(),
-        slot: sc.slot.clone(),
-        publication: sc.publication.clone(),
-        topic_map: sc.topic_map.clone(),
-        status_interval_ms: 200,
-        reconnect_backoff_max_ms: 500,
-    };
+    let config = ChildConfig::on_test_servers(&sc.slot, &sc.publication, &sc.topic_map, 200, 500);
     let child_env = [("PGKAFKA_CHILD_SNAPSHOT", "initial"), ("PGKAFKA_CHILD_SNAPSHOT_CHUNK_ROWS", CHUNK_ROWS)];
     let log = std::env::temp_dir().join(format!("{}.log", unique_name("p_snap_child")));
     println!("child producer logs: {}", log.display());

@@ -18,6 +18,29 @@ pub struct ChildConfig {
     pub reconnect_backoff_max_ms: u64,
 }
 
+impl ChildConfig {
+    /// A child producer on the test servers for `slot`, `publication` and `topic_map`, reporting
+    /// its confirmed position every `status_interval_ms` and reconnecting at most
+    /// `reconnect_backoff_max_ms` apart.
+    pub fn on_test_servers(
+        slot: &str,
+        publication: &str,
+        topic_map: &HashMap<String, pgkafka::TopicInfo>,
+        status_interval_ms: u64,
+        reconnect_backoff_max_ms: u64,
+    ) -> Self {
+        Self {
+            database_url: crate::env().database_url.clone(),
+            brokers: crate::env().brokers.clone(),
+            slot: slot.to_owned(),
+            publication: publication.to_owned(),
+            topic_map: topic_map.clone(),
+            status_interval_ms,
+            reconnect_backoff_max_ms,
+        }
+    }
+}
+
 /// A producer in a child process (see `tests/bin/producer_child.rs`). Dropping it kills it.
 #[derive(Debug)]
 pub struct ChildProducer {
