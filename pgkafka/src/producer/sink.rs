@@ -405,6 +405,18 @@ impl Sink {
         self.shared.watermark().has_room(self.max_in_flight)
     }
 
+    /// Waits until the window has room, as [`wait_for_room`](Self::wait_for_room) does;
+    /// `Ok(false)` if `shutdown` came first.
+    pub(crate) async fn room_unless(&self, shutdown: &CancellationToken) -> Result<bool, Failure> {
+        if self.has_room() {
+            return Ok(true);
+        }
+        tokio::select! {
+            room = self.wait_for_room() => room.map(|()| true),
+            () = shutdown.cancelled() => Ok(false),
+        }
+    }
+
     /// Waits until the window has room, or a delivery failed.
     pub(crate) async fn wait_for_room(&self) -> Result<(), Failure> {
         loop {

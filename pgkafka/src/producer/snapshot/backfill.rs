@@ -36,7 +36,7 @@ use super::window::{Key, Window, XidSnapshot};
 use crate::backoff::Backoff;
 use crate::metrics::{PRODUCER_BACKFILL_CHUNKS, PRODUCER_BACKFILL_PROGRESS, PRODUCER_BACKFILL_ROWS};
 use crate::producer::connection::ConnectionInfo;
-use crate::producer::encode::{Encoder, RowImage, SnapshotRead};
+use crate::producer::encode::{system_clock, Encoder, RowImage, SnapshotRead};
 use crate::producer::error::Failure;
 use crate::producer::routes::{Routes, TableRoute};
 use crate::producer::sink::Sink;
@@ -437,19 +437,14 @@ impl Backfills {
         shutdown: &CancellationToken,
     ) -> Result<bool, Failure> {
         let ReadyChunk { chunk, dropped } = ready;
-        let timestamp_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+        let timestamp_ms = system_clock() / 1000;
         let tx: TxId = sink.begin(lsn);
         let types: Vec<_> = chunk.columns.iter().map(PublishedColumn::as_type).collect();
         let schema_error = |message: String| Failure::Fatal(ProducerError::Schema(message));
         let mut writer = encoder.snapshot_rows(&chunk.route, &types).map_err(schema_error)?;
         for (seq_id, row) in chunk.rows.iter().enumerate() {
-            if !sink.has_room() {
-                tokio::select! {
-                    room = sink.wait_for_room() => room?,
-                    () = shutdown.cancelled() => return Ok(false),
-                }
+            if !sink.room_unless(shutdown).await? {
+                return Ok(false);
             }
             let record =
                 writer.write(row, SnapshotRead::Incremental, lsn, seq_id as u64, timestamp_ms).map_err(schema_error)?;

@@ -16,7 +16,6 @@
 //! last acknowledged one) at `P`, and streams on. Every key's records thus stay in WAL order.
 
 use std::collections::VecDeque;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use pgkafka_common::headers;
 use pgkafka_common::Lsn;
@@ -32,7 +31,7 @@ use super::control::{ControlTable, Run, RunKind, RunState};
 use super::{Settings, SnapshotMode};
 use crate::producer::catalog::{Catalog, Publication};
 use crate::producer::connection::ConnectionInfo;
-use crate::producer::encode::{Encoder, SnapshotRead, SnapshotRows};
+use crate::producer::encode::{system_clock, Encoder, SnapshotRead, SnapshotRows};
 use crate::producer::error::{Attempt, Failure};
 use crate::producer::routes::Routes;
 use crate::producer::sink::Sink;
@@ -291,9 +290,7 @@ impl Prepared {
 
         let mut headers = origin.clone();
         headers = headers.insert(Header { key: headers::SNAPSHOT, value: Some(RunKind::Initial.as_str()) });
-        let timestamp_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+        let timestamp_ms = system_clock() / 1000;
         let mut seq_id: u64 = 0;
         // Tables whose last chunk is still to come: the last row of the last one ends the snapshot.
         let mut unread = tables.len();
@@ -319,11 +316,8 @@ impl Prepared {
                 let tx = sink.begin(at);
                 let rows = chunk.rows.len();
                 for (row_index, row) in chunk.rows.iter().enumerate() {
-                    if !sink.has_room() {
-                        tokio::select! {
-                            room = sink.wait_for_room() => room?,
-                            () = shutdown.cancelled() => return Ok(false),
-                        }
+                    if !sink.room_unless(shutdown).await? {
+                        return Ok(false);
                     }
                     let read = match unread == 1 && last && row_index + 1 == rows {
                         true => SnapshotRead::Last,
