@@ -310,13 +310,9 @@ fn peak_rss_kib(pid: u32) -> Option<u64> {
     status.lines().find(|l| l.starts_with("VmHWM:"))?.split_whitespace().nth(1)?.parse().ok()
 }
 
-/// Runs the `pgkafka` binary until the slot's confirmed position reaches `end_lsn` (which only
-/// happens once Kafka acknowledged every record before it); returns (seconds from start, peak
-/// RSS in MiB). The producer reports its position every 50 ms here. With `BENCH_PERF_DIR` set,
-/// the run is recorded by `perf record -g` into that folder.
-async fn run_producer_binary(env: &Env, config: &Path, slot: &str, end_lsn: &str) -> (f64, f64) {
-    let client = pg_client().await;
-    let mut child = tokio::process::Command::new(&env.pgkafka_bin)
+/// Starts the `pgkafka` binary with the config file `config`, logging warnings to stderr.
+fn spawn_pgkafka(env: &Env, config: &Path) -> tokio::process::Child {
+    tokio::process::Command::new(&env.pgkafka_bin)
         .arg("--config")
         .arg(config)
         .env("RUST_LOG", "warn")
@@ -325,7 +321,16 @@ async fn run_producer_binary(env: &Env, config: &Path, slot: &str, end_lsn: &str
         // A failed measurement must not leave a producer streaming from the shared server.
         .kill_on_drop(true)
         .spawn()
-        .unwrap_or_else(|e| panic!("cannot run {}: {e}", env.pgkafka_bin.display()));
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", env.pgkafka_bin.display()))
+}
+
+/// Runs the `pgkafka` binary until the slot's confirmed position reaches `end_lsn` (which only
+/// happens once Kafka acknowledged every record before it); returns (seconds from start, peak
+/// RSS in MiB). The producer reports its position every 50 ms here. With `BENCH_PERF_DIR` set,
+/// the run is recorded by `perf record -g` into that folder.
+async fn run_producer_binary(env: &Env, config: &Path, slot: &str, end_lsn: &str) -> (f64, f64) {
+    let client = pg_client().await;
+    let mut child = spawn_pgkafka(env, config);
     let pid = child.id().unwrap();
     let perf = perf_record(pid, slot);
     let started = Instant::now();
@@ -388,15 +393,7 @@ async fn run_snapshot_binary(env: &Env, dir: &Path, publication: &str, tables: &
         "snapshot_readers": readers,
     });
     std::fs::write(&config, serde_json::to_vec_pretty(&body).unwrap()).unwrap();
-    let mut child = tokio::process::Command::new(&env.pgkafka_bin)
-        .arg("--config")
-        .arg(&config)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot run {}: {e}", env.pgkafka_bin.display()));
+    let mut child = spawn_pgkafka(env, &config);
     let pid = child.id().unwrap();
     let perf = perf_record(pid, &slot);
     let started = Instant::now();
