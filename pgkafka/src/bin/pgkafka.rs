@@ -123,7 +123,9 @@ enum LogFormat {
     Json,
 }
 
-#[derive(Debug, Deserialize)]
+/// The configuration file. No `Debug`: it holds the connection string and the `[kafka]` settings,
+/// which may carry passwords.
+#[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FileConfig {
     connection_string: Option<String>,
