@@ -47,7 +47,7 @@ use pgkafka::rdkafka::{ClientContext, Offset, TopicPartitionList};
 use pgkafka::sqlx::postgres::PgPoolOptions;
 use pgkafka::sqlx::{Postgres, Transaction};
 use pgkafka::{BasicApplication, Consumer, ConsumerError, IdempotentApplication, ReplicationOp};
-use pgkafka_tests::{create_topic, kafka_brokers_config, pg_client, unique_name};
+use pgkafka_tests::{create_topic, delete_topic, kafka_brokers_config, pg_client, unique_name};
 use serde_json::{json, Value};
 
 /// The servers (the integration tests' `PGKAFKA_TEST_*` environment) and the workload's size.
@@ -431,6 +431,7 @@ async fn snapshot_section(env: &Env, client: &tokio_postgres::Client, dir: &Path
         let (secs, rss) = run_snapshot_binary(env, dir, &one_pub, &[(table, &topic)], 1).await;
         results.add("pgkafka_snapshot", format!("pgkafka initial snapshot of {} rows", env.rows), "rows/s", "pgkafka", env.rows as f64 / secs);
         results.add("snapshot_peak_rss", "pgkafka producer peak RSS during the snapshot", "MiB", "pgkafka", rss);
+        delete_topic(&topic).await;
         for readers in [1, 2] {
             let (topic_a, topic_b) = (format!("{table}_snap2a{round}_{readers}"), format!("{table}_snap2b{round}_{readers}"));
             create_topic(&topic_a, env.partitions).await;
@@ -443,6 +444,8 @@ async fn snapshot_section(env: &Env, client: &tokio_postgres::Client, dir: &Path
                 "pgkafka",
                 2.0 * env.rows as f64 / secs,
             );
+            delete_topic(&topic_a).await;
+            delete_topic(&topic_b).await;
         }
     }
 }
@@ -927,10 +930,13 @@ async fn main() {
             let config = write_producer_config(&env, &dir, &debezium_slots[round], &publication, &table, &debezium_topic, true);
             let (secs, _) = run_producer_binary(&env, &config, &debezium_slots[round], &end_lsn).await;
             results.add("pgkafka_producer_debezium", "pgkafka producer, debezium format (with schemas), same workload", "rows/s", "pgkafka", env.rows as f64 / secs);
+            delete_topic(&debezium_topic).await;
         }
         if round == 0 {
             sample = read_sample(&topic);
             first_topic = topic;
+        } else {
+            delete_topic(&topic).await;
         }
         if !measure {
             continue;
@@ -939,8 +945,10 @@ async fn main() {
         let raw_topic = format!("{table}_raw{round}");
         create_topic(&raw_topic, env.partitions).await;
         let (raw_sample, rows) = (sample.clone(), env.rows);
-        let rate = tokio::task::spawn_blocking(move || raw_producer(&raw_topic, &raw_sample, rows)).await.unwrap();
+        let produced_to = raw_topic.clone();
+        let rate = tokio::task::spawn_blocking(move || raw_producer(&produced_to, &raw_sample, rows)).await.unwrap();
         results.add("rdkafka_producer", "Kafka limit: raw rdkafka producer, same records and pinned settings", "msgs/s", "limit", rate);
+        delete_topic(&raw_topic).await;
     }
     let avg_bytes = sample.iter().map(|(_, v)| v.len()).sum::<usize>() as f64 / sample.len() as f64;
 
@@ -961,6 +969,7 @@ async fn main() {
             let (secs, rss) = run_producer_binary(&env, &config, slot, &big_end).await;
             results.add("one_transaction_rate", format!("pgkafka producer, one transaction of {} rows", env.rows), "rows/s", "pgkafka", env.rows as f64 / secs);
             results.add("one_transaction_peak_rss", format!("pgkafka producer peak RSS, one transaction of {} rows", env.rows), "MiB", "pgkafka", rss);
+            delete_topic(&big_topic).await;
         }
         // The initial snapshot of the workload table (and of it with the one-transaction table).
         if env.runs("snapshot") {
@@ -979,6 +988,8 @@ async fn main() {
         let rate = basic_consumer(&env, &first_topic, env.rows).await;
         results.add("basic_consumer", "pgkafka basic consumer, no-op handler", "msgs/s", "pgkafka", rate);
     }
+    // The idempotent section feeds a topic of its own from the sample.
+    delete_topic(&first_topic).await;
 
     // The idempotent consumer against the same inserts in a plain loop.
     if env.runs("idempotent") {
@@ -996,6 +1007,7 @@ async fn main() {
             let rate = idempotent_consumer(&env, &client, &ops_topic, unbatched, 1).await;
             results.add("idempotent_unbatched", "pgkafka idempotent consumer, batch_size(1)", "ops/s", "pgkafka", rate);
         }
+        delete_topic(&ops_topic).await;
     }
 
     // Latency from COMMIT to handle_message at steady rates of single-row transactions.

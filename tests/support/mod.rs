@@ -25,7 +25,7 @@ pub mod rng;
 pub mod slots;
 pub mod topics;
 
-pub use topics::{create_topic, read_topic, Record};
+pub use topics::{create_topic, delete_topic, read_topic, Record};
 
 /// Where the test servers are.
 #[derive(Debug, Clone)]

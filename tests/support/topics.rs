@@ -44,6 +44,20 @@ pub async fn create_topic(topic: &str, partitions: i32) {
     }
 }
 
+/// Deletes `topic` and its records. The local broker keeps records in memory, so a run that writes
+/// millions of them (the benchmark harness) deletes each topic once it is measured.
+pub async fn delete_topic(topic: &str) {
+    let admin: AdminClient<DefaultClientContext> =
+        kafka_config().create().expect("cannot create a Kafka admin client");
+    let results = admin
+        .delete_topics(&[topic], &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))))
+        .await
+        .unwrap_or_else(|e| panic!("cannot delete topic {topic}: {e}"));
+    for result in results {
+        result.unwrap_or_else(|(name, code)| panic!("cannot delete topic {name}: {code}"));
+    }
+}
+
 /// One Kafka record, as read back by a test.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Record {
