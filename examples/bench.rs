@@ -50,6 +50,10 @@ use pgkafka::{BasicApplication, Consumer, ConsumerError, IdempotentApplication, 
 use pgkafka_tests::{create_topic, delete_topic, kafka_brokers_config, pg_client, unique_name};
 use serde_json::{json, Value};
 
+#[path = "bench_support/cpu.rs"]
+mod cpu;
+use cpu::CpuSample;
+
 /// The servers (the integration tests' `PGKAFKA_TEST_*` environment) and the workload's size.
 struct Env {
     database_url: String,
@@ -143,6 +147,8 @@ fn min_max(values: &[f64]) -> (f64, f64) {
 struct Results {
     series: Vec<Series>,
     targets: Vec<Value>,
+    /// Per run: the cores each process group used during it (see `cpu`).
+    cpu: Vec<Value>,
 }
 
 impl Results {
@@ -152,6 +158,24 @@ impl Results {
             Some(series) => series.runs.push(value),
             None => self.series.push(Series { key: key.to_owned(), label: label.into(), unit, role, runs: vec![value] }),
         }
+    }
+
+    /// Records where the CPU went during the last run of `key`, which started at `started`.
+    fn cpu(&mut self, key: &str, started: &CpuSample) {
+        self.cpu_between(key, started.cores_until(&CpuSample::now()));
+    }
+
+    fn cpu_between(&mut self, key: &str, cores: Value) {
+        let shown: Vec<String> = cores
+            .as_object()
+            .into_iter()
+            .flatten()
+            .filter(|(name, _)| *name != "cores")
+            .map(|(name, v)| format!("{name} {:.2}", v.as_f64().unwrap_or(f64::NAN)))
+            .collect();
+        eprintln!("bench:     cores used: {}", shown.join(", "));
+        let round = self.series.iter().find(|s| s.key == key).map_or(0, |s| s.runs.len().saturating_sub(1));
+        self.cpu.push(json!({ "key": key, "round": round, "cores": cores }));
     }
 
     fn runs(&self, key: &str) -> &[f64] {
@@ -207,7 +231,7 @@ impl Results {
                         "median": median(&s.runs), "min": lo, "max": hi })
             })
             .collect();
-        json!({ "measurements": series, "targets": self.targets })
+        json!({ "measurements": series, "targets": self.targets, "cpu": self.cpu })
     }
 }
 
@@ -326,10 +350,11 @@ fn spawn_pgkafka(env: &Env, config: &Path) -> tokio::process::Child {
 
 /// Runs the `pgkafka` binary until the slot's confirmed position reaches `end_lsn` (which only
 /// happens once Kafka acknowledged every record before it); returns (seconds from start, peak
-/// RSS in MiB). The producer reports its position every 50 ms here. With `BENCH_PERF_DIR` set,
+/// RSS in MiB, the cores each process group used). The producer reports its position every 50 ms here. With `BENCH_PERF_DIR` set,
 /// the run is recorded by `perf record -g` into that folder.
-async fn run_producer_binary(env: &Env, config: &Path, slot: &str, end_lsn: &str) -> (f64, f64) {
+async fn run_producer_binary(env: &Env, config: &Path, slot: &str, end_lsn: &str) -> (f64, f64, Value) {
     let client = pg_client().await;
+    let cpu = CpuSample::now();
     let mut child = spawn_pgkafka(env, config);
     let pid = child.id().unwrap();
     let perf = perf_record(pid, slot);
@@ -352,12 +377,14 @@ async fn run_producer_binary(env: &Env, config: &Path, slot: &str, end_lsn: &str
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let elapsed = started.elapsed().as_secs_f64();
+    // Before the producer stops: its time is its own only while it runs.
+    let cores = cpu.cores_until(&CpuSample::now());
     peak = peak.max(peak_rss_kib(pid).unwrap_or(0));
     stop_perf(perf);
     // SIGTERM: graceful shutdown confirms what was delivered.
     let _ = std::process::Command::new("kill").arg("-TERM").arg(pid.to_string()).status();
     let _ = tokio::time::timeout(Duration::from_secs(30), child.wait()).await;
-    (elapsed, peak as f64 / 1024.0)
+    (elapsed, peak as f64 / 1024.0, cores)
 }
 
 /// PostgreSQL's limit for a snapshot: `COPY (SELECT * FROM table) TO STDOUT` through `psql`
@@ -424,12 +451,16 @@ async fn snapshot_section(env: &Env, client: &tokio_postgres::Client, dir: &Path
         .unwrap();
     for round in 0..env.repeats {
         eprintln!("bench: snapshot round {}/{}", round + 1, env.repeats);
+        let cpu = CpuSample::now();
         let rate = copy_out(env, &[table], env.rows);
         results.add("copy_out", "PostgreSQL limit: COPY (SELECT * FROM table) TO STDOUT", "rows/s", "limit", rate);
+        results.cpu("copy_out", &cpu);
         let topic = format!("{table}_snap{round}");
         create_topic(&topic, env.partitions).await;
+        let cpu = CpuSample::now();
         let (secs, rss) = run_snapshot_binary(env, dir, &one_pub, &[(table, &topic)], 1).await;
         results.add("pgkafka_snapshot", format!("pgkafka initial snapshot of {} rows", env.rows), "rows/s", "pgkafka", env.rows as f64 / secs);
+        results.cpu("pgkafka_snapshot", &cpu);
         results.add("snapshot_peak_rss", "pgkafka producer peak RSS during the snapshot", "MiB", "pgkafka", rss);
         delete_topic(&topic).await;
         for readers in [1, 2] {
@@ -914,22 +945,26 @@ async fn main() {
         let measure = env.runs("producer");
         eprintln!("bench: producer round {}/{rounds}", round + 1);
         if measure {
+            let cpu = CpuSample::now();
             let rate = pg_recvlogical(&env, &recv_slots[round], &publication, &end_lsn, env.rows);
             results.add("pg_recvlogical", "PostgreSQL limit: pg_recvlogical (pgoutput)", "rows/s", "limit", rate);
+            results.cpu("pg_recvlogical", &cpu);
         }
 
         let topic = format!("{table}_topic{round}");
         create_topic(&topic, env.partitions).await;
         let config = write_producer_config(&env, &dir, &producer_slots[round], &publication, &table, &topic, false);
-        let (secs, rss) = run_producer_binary(&env, &config, &producer_slots[round], &end_lsn).await;
+        let (secs, rss, cores) = run_producer_binary(&env, &config, &producer_slots[round], &end_lsn).await;
         if measure {
             results.add("pgkafka_producer", "pgkafka producer, slot to acknowledged in Kafka", "rows/s", "pgkafka", env.rows as f64 / secs);
+            results.cpu_between("pgkafka_producer", cores);
             results.add("producer_peak_rss", format!("pgkafka producer peak RSS, transactions of {}", env.rows_per_tx), "MiB", "pgkafka", rss);
             let debezium_topic = format!("{table}_dbz_topic{round}");
             create_topic(&debezium_topic, env.partitions).await;
             let config = write_producer_config(&env, &dir, &debezium_slots[round], &publication, &table, &debezium_topic, true);
-            let (secs, _) = run_producer_binary(&env, &config, &debezium_slots[round], &end_lsn).await;
+            let (secs, _, cores) = run_producer_binary(&env, &config, &debezium_slots[round], &end_lsn).await;
             results.add("pgkafka_producer_debezium", "pgkafka producer, debezium format (with schemas), same workload", "rows/s", "pgkafka", env.rows as f64 / secs);
+            results.cpu_between("pgkafka_producer_debezium", cores);
             delete_topic(&debezium_topic).await;
         }
         if round == 0 {
@@ -946,8 +981,10 @@ async fn main() {
         create_topic(&raw_topic, env.partitions).await;
         let (raw_sample, rows) = (sample.clone(), env.rows);
         let produced_to = raw_topic.clone();
+        let cpu = CpuSample::now();
         let rate = tokio::task::spawn_blocking(move || raw_producer(&produced_to, &raw_sample, rows)).await.unwrap();
         results.add("rdkafka_producer", "Kafka limit: raw rdkafka producer, same records and pinned settings", "msgs/s", "limit", rate);
+        results.cpu("rdkafka_producer", &cpu);
         delete_topic(&raw_topic).await;
     }
     let avg_bytes = sample.iter().map(|(_, v)| v.len()).sum::<usize>() as f64 / sample.len() as f64;
@@ -966,8 +1003,9 @@ async fn main() {
             let big_topic = format!("{big}_topic{round}");
             create_topic(&big_topic, env.partitions).await;
             let config = write_producer_config(&env, &dir, slot, &big_pub, &big, &big_topic, false);
-            let (secs, rss) = run_producer_binary(&env, &config, slot, &big_end).await;
+            let (secs, rss, cores) = run_producer_binary(&env, &config, slot, &big_end).await;
             results.add("one_transaction_rate", format!("pgkafka producer, one transaction of {} rows", env.rows), "rows/s", "pgkafka", env.rows as f64 / secs);
+            results.cpu_between("one_transaction_rate", cores);
             results.add("one_transaction_peak_rss", format!("pgkafka producer peak RSS, one transaction of {} rows", env.rows), "MiB", "pgkafka", rss);
             delete_topic(&big_topic).await;
         }
@@ -981,12 +1019,18 @@ async fn main() {
     for round in 0..if env.runs("consumer") { rounds } else { 0 } {
         eprintln!("bench: consumer round {}/{rounds}", round + 1);
         let (topic, partitions, rows) = (first_topic.clone(), env.partitions, env.rows);
+        let cpu = CpuSample::now();
         let rate = tokio::task::spawn_blocking(move || raw_consumer_no_decode(&topic, partitions, rows)).await.unwrap();
         results.add("rdkafka_consumer_no_decode", "Kafka limit: raw rdkafka consumer, all partitions, no decoding", "msgs/s", "limit", rate);
+        results.cpu("rdkafka_consumer_no_decode", &cpu);
+        let cpu = CpuSample::now();
         let rate = raw_consumer_json(&first_topic, env.rows).await;
         results.add("rdkafka_consumer_json", "reference: single-thread rdkafka consumer decoding JSON", "msgs/s", "reference", rate);
+        results.cpu("rdkafka_consumer_json", &cpu);
+        let cpu = CpuSample::now();
         let rate = basic_consumer(&env, &first_topic, env.rows).await;
         results.add("basic_consumer", "pgkafka basic consumer, no-op handler", "msgs/s", "pgkafka", rate);
+        results.cpu("basic_consumer", &cpu);
     }
     // The idempotent section feeds a topic of its own from the sample.
     delete_topic(&first_topic).await;
@@ -998,14 +1042,22 @@ async fn main() {
         let (batch, unbatched) = (env.batch_size, env.unbatched_ops);
         for round in 0..rounds {
             eprintln!("bench: idempotent round {}/{rounds}", round + 1);
+            let cpu = CpuSample::now();
             let rate = plain_loop(&env, &client, env.idempotent_ops, batch).await;
             results.add("plain_loop_batched", format!("PostgreSQL limit: sqlx loop, same inserts, {batch} per transaction, {} connections", env.partitions), "ops/s", "limit", rate);
+            results.cpu("plain_loop_batched", &cpu);
+            let cpu = CpuSample::now();
             let rate = idempotent_consumer(&env, &client, &ops_topic, env.idempotent_ops, batch).await;
             results.add("idempotent_batched", format!("pgkafka idempotent consumer, batches of up to {batch}"), "ops/s", "pgkafka", rate);
+            results.cpu("idempotent_batched", &cpu);
+            let cpu = CpuSample::now();
             let rate = plain_loop(&env, &client, unbatched, 1).await;
             results.add("plain_loop_unbatched", format!("PostgreSQL limit: sqlx loop, one insert per transaction, {} connections", env.partitions), "ops/s", "limit", rate);
+            results.cpu("plain_loop_unbatched", &cpu);
+            let cpu = CpuSample::now();
             let rate = idempotent_consumer(&env, &client, &ops_topic, unbatched, 1).await;
             results.add("idempotent_unbatched", "pgkafka idempotent consumer, batch_size(1)", "ops/s", "pgkafka", rate);
+            results.cpu("idempotent_unbatched", &cpu);
         }
         delete_topic(&ops_topic).await;
     }
@@ -1018,11 +1070,13 @@ async fn main() {
         for round in 0..rounds {
             for &tps in &env.latency_rates {
                 eprintln!("bench: latency round {}/{rounds} at {tps} transactions/s", round + 1);
+                let cpu = CpuSample::now();
                 let (p50, p99, max, achieved) = pipeline.run(tps, env.latency_secs).await;
                 results.add(&format!("latency_{tps}_p50"), format!("COMMIT to handler at {tps} tx/s, p50"), "ms", "pgkafka", p50);
                 results.add(&format!("latency_{tps}_p99"), format!("COMMIT to handler at {tps} tx/s, p99"), "ms", "pgkafka", p99);
                 results.add(&format!("latency_{tps}_max"), format!("COMMIT to handler at {tps} tx/s, max"), "ms", "pgkafka", max);
                 results.add(&format!("latency_{tps}_achieved"), format!("transactions written, aiming at {tps} tx/s"), "tx/s", "reference", achieved);
+                results.cpu(&format!("latency_{tps}_p99"), &cpu);
             }
         }
         for stop in stops {

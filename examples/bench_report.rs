@@ -146,6 +146,7 @@ fn markdown(r: &Value, notes: Option<&str>, png_name: &str) -> String {
         let _ = writeln!(md, "| {label} | {} {unit} | {}–{} | {spread:.0}% | {runs} |", show(median, unit), show(lo, unit), show(hi, unit));
     }
     let _ = writeln!(md, "\nThe widest spread among the throughputs: {:.0}% ({}).", widest.0, widest.1);
+    cpu_table(r, &mut md);
     let _ = writeln!(md, "\n![pgkafka against its limits, ratios of medians with per-round ranges]({png_name})");
     if let Some(notes) = notes {
         md.push('\n');
@@ -153,6 +154,62 @@ fn markdown(r: &Value, notes: Option<&str>, png_name: &str) -> String {
         md.push('\n');
     }
     md
+}
+
+/// Where the CPU went during each measurement: the median over rounds of the cores each process
+/// group used (CPU seconds over the run's wall seconds), read from `/proc` by the harness.
+fn cpu_table(r: &Value, md: &mut String) {
+    let Some(runs) = r["cpu"].as_array().filter(|a| !a.is_empty()) else { return };
+    const GROUPS: [(&str, &str); 7] = [
+        ("pgkafka", "pgkafka process"),
+        ("harness", "harness (raw clients, consumers)"),
+        ("children", "its children (pg_recvlogical, psql, an exited pgkafka)"),
+        ("postgres", "PostgreSQL"),
+        ("broker", "broker"),
+        ("other", "other processes"),
+        ("machine", "machine busy"),
+    ];
+    let cores = runs.first().map_or(f64::NAN, |c| f(&c["cores"]["cores"]));
+    let _ = writeln!(
+        md,
+        "\n## Where the CPU went\n\nCores used during each measurement (CPU seconds over its wall seconds, median over the \
+         rounds) by each group of processes, of the machine's {cores:.0}. Everything shares these cores: a rate is bounded \
+         by what the others take, and \"other processes\" shows a load from outside the benchmark.\n"
+    );
+    md.push_str("| measurement |");
+    for (_, label) in GROUPS {
+        let _ = write!(md, " {label} |");
+    }
+    md.push_str("\n|---|");
+    md.push_str(&"---|".repeat(GROUPS.len()));
+    md.push('\n');
+    let mut keys: Vec<&str> = Vec::new();
+    for run in runs {
+        if let Some(key) = run["key"].as_str().filter(|k| !keys.contains(k)) {
+            keys.push(key);
+        }
+    }
+    for key in keys {
+        let label = r["measurements"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|m| m["key"] == key)
+            .and_then(|m| m["label"].as_str())
+            .unwrap_or(key);
+        let _ = write!(md, "| {label} |");
+        for (group, _) in GROUPS {
+            let mut values: Vec<f64> = runs.iter().filter(|c| c["key"] == key).map(|c| f(&c["cores"][group])).filter(|v| v.is_finite()).collect();
+            values.sort_by(f64::total_cmp);
+            let median = match values.len() {
+                0 => f64::NAN,
+                n if n % 2 == 1 => values[n / 2],
+                n => (values[n / 2 - 1] + values[n / 2]) / 2.0,
+            };
+            let _ = write!(md, " {} |", if median.is_finite() { format!("{median:.2}") } else { "–".into() });
+        }
+        md.push('\n');
+    }
 }
 
 /// The measurement `key`'s median with its range, in its unit: `139,000 rows/s (120,000–150,000)`.
