@@ -171,7 +171,13 @@ impl Results {
             .into_iter()
             .flatten()
             .filter(|(name, _)| *name != "cores")
-            .map(|(name, v)| format!("{name} {:.2}", v.as_f64().unwrap_or(f64::NAN)))
+            .map(|(name, v)| match v.as_object() {
+                Some(threads) => format!(
+                    "{name} [{}]",
+                    threads.iter().map(|(t, v)| format!("{t} {:.2}", v.as_f64().unwrap_or(f64::NAN))).collect::<Vec<_>>().join(", ")
+                ),
+                None => format!("{name} {:.2}", v.as_f64().unwrap_or(f64::NAN)),
+            })
             .collect();
         eprintln!("bench:     cores used: {}", shown.join(", "));
         let round = self.series.iter().find(|s| s.key == key).map_or(0, |s| s.runs.len().saturating_sub(1));
@@ -320,6 +326,9 @@ fn write_producer_config(env: &Env, dir: &Path, slot: &str, publication: &str, t
         "topics": { table: { "name": topic, "partition_key": ["organization_id"] } },
         "status_interval_ms": 50,
     });
+    if let Some(window) = std::env::var("BENCH_MAX_IN_FLIGHT").ok().and_then(|v| v.parse::<u64>().ok()) {
+        config["max_in_flight"] = json!(window);
+    }
     if debezium {
         // Debezium's defaults: Kafka Connect schemas in every record, tombstones.
         config["format"] = json!("debezium");
@@ -378,7 +387,8 @@ async fn run_producer_binary(env: &Env, config: &Path, slot: &str, end_lsn: &str
     }
     let elapsed = started.elapsed().as_secs_f64();
     // Before the producer stops: its time is its own only while it runs.
-    let cores = cpu.cores_until(&CpuSample::now());
+    let mut cores = cpu.cores_until(&CpuSample::now());
+    cores["pgkafka_threads"] = cpu::threads(pid, elapsed);
     peak = peak.max(peak_rss_kib(pid).unwrap_or(0));
     stop_perf(perf);
     // SIGTERM: graceful shutdown confirms what was delivered.

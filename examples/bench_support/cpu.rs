@@ -106,3 +106,23 @@ fn machine() -> Option<(u64, u64)> {
     let total: u64 = values.iter().take(8).sum();
     Some((total.saturating_sub(idle), total))
 }
+
+/// The cores each thread of process `pid` used over `secs` seconds of its life, summed by thread
+/// name (librdkafka's broker threads, tokio's workers, the main thread): which of them is
+/// saturated tells what bounds the process.
+pub(crate) fn threads(pid: u32, secs: f64) -> Value {
+    let mut by_name: BTreeMap<String, u64> = BTreeMap::new();
+    if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
+        for task in tasks.flatten() {
+            let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else { continue };
+            let Some((head, tail)) = stat.rsplit_once(')') else { continue };
+            let Some((_, name)) = head.split_once('(') else { continue };
+            let fields: Vec<&str> = tail.split_whitespace().collect();
+            let tick = |n: usize| fields.get(n - 3).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+            // librdkafka names broker threads after the broker ("rdk:broker1", "rdk:broker-1"): one group.
+            let name = if name.starts_with("rdk:broker") { "rdk:broker*".to_owned() } else { name.to_owned() };
+            *by_name.entry(name).or_insert(0) += tick(14) + tick(15);
+        }
+    }
+    Value::Object(by_name.into_iter().map(|(name, ticks)| (name, json!(ticks as f64 / TICKS / secs.max(1e-9)))).collect())
+}
