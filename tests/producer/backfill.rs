@@ -23,10 +23,10 @@ use super::{Scenario, Table};
 const CHILD: &str = env!("CARGO_BIN_EXE_producer_child");
 
 /// A row by its primary-key values, every column as text.
-type Rows = BTreeMap<Vec<Option<String>>, Vec<Option<String>>>;
+pub(crate) type Rows = BTreeMap<Vec<Option<String>>, Vec<Option<String>>>;
 
 /// The table's rows as pgoutput prints them (`col::text`), by primary key.
-async fn table_rows(pg: &tokio_postgres::Client, table: &str, key: &[&str]) -> Rows {
+pub(crate) async fn table_rows(pg: &tokio_postgres::Client, table: &str, key: &[&str]) -> Rows {
     let columns: Vec<String> = pg
         .query(
             "SELECT attname::text FROM pg_attribute WHERE attrelid = $1::text::regclass AND attnum > 0 AND NOT attisdropped \
@@ -58,7 +58,7 @@ fn key_of(op: &ReplicationOp, row: &[Option<String>], key: &[&str]) -> Vec<Optio
 /// order, skipping records at or below the partition's last applied `(lsn, seq_id)` (re-sends).
 /// On the way, checks that no key goes back in time: its `ver` column never decreases and nothing
 /// follows its delete.
-fn fold(records: &[&Record], key: &[&str], table: &str) -> Rows {
+pub(crate) fn fold(records: &[&Record], key: &[&str], table: &str) -> Rows {
     let mut by_partition: HashMap<i32, Vec<&Record>> = HashMap::new();
     for record in records {
         by_partition.entry(record.partition).or_default().push(record);

@@ -143,4 +143,5 @@ async fn the_producer_rides_out_a_broker_pause_and_a_postgres_restart() {
     sc.cleanup().await;
 }
 
+mod lagging_commit;
 mod slot_invalidated;

@@ -319,7 +319,7 @@ impl Session<'_> {
                         return Ok(Next::Shutdown);
                     }
                 }
-                if let Some(backfills) = self.backfills.as_mut().filter(|b| b.is_watching()) {
+                if let Some(backfills) = self.backfills.as_mut() {
                     backfills.on_change(&records.rows, self.xid);
                 }
             }

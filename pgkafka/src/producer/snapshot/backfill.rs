@@ -32,7 +32,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::chunk::{published_columns, ChunkReader, PublishedColumn};
 use super::control::{ControlTable, Run, RunKind, RunState};
-use super::window::{Key, Window, XidSnapshot};
+use super::window::{Key, Unconfirmed, Window, XidSnapshot};
 use crate::backoff::Backoff;
 use crate::metrics::{PRODUCER_BACKFILL_CHUNKS, PRODUCER_BACKFILL_PROGRESS, PRODUCER_BACKFILL_ROWS};
 use crate::producer::connection::ConnectionInfo;
@@ -51,6 +51,9 @@ const SNAPSHOT_BACKFILL: &str = "backfill";
 
 /// How often the control table is polled for new backfills.
 const POLL_INTERVAL: Duration = Duration::from_secs(1);
+
+/// How long a chunk whose snapshot missed a lagging commit waits before it is read again.
+const READ_AGAIN_DELAY: Duration = Duration::from_millis(200);
 
 /// The backfill settings of a producer ([`ProducerBuilder::backfills`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -279,6 +282,8 @@ pub(crate) enum Signal {
     Chunk(PendingChunk),
     /// The backfill ended: stop marking.
     Unwatch { backfill: i64 },
+    /// A snapshot the task just took: the transactions it sees need no more waiting for.
+    Horizon(XidSnapshot),
 }
 
 /// A chunk waiting for its high watermark in the stream.
@@ -304,6 +309,9 @@ pub(crate) struct Published {
     pub(crate) rows: usize,
     /// Rows dropped because the stream carries a newer state.
     pub(crate) dropped: usize,
+    /// Nothing was published: the chunk's snapshot misses a commit streamed before watching
+    /// began (its visibility lags its WAL record), so the chunk must be read again.
+    pub(crate) read_again: bool,
 }
 
 /// A chunk whose high watermark was streamed, with the rows the window kept.
@@ -330,6 +338,8 @@ pub(crate) struct Backfills {
     inbox: mpsc::UnboundedReceiver<Signal>,
     /// By the records' table name.
     watched: HashMap<String, Watched>,
+    /// Streamed transactions no snapshot was seen to see yet: what a new window must wait for.
+    unconfirmed: Unconfirmed,
     headers: OwnedHeaders,
 }
 
@@ -340,7 +350,7 @@ impl Backfills {
         let headers = origin_headers
             .clone()
             .insert(Header { key: pgkafka_common::headers::SNAPSHOT, value: Some(SNAPSHOT_BACKFILL.as_bytes()) });
-        Self { slot: slot.to_owned(), inbox, watched: HashMap::new(), headers }
+        Self { slot: slot.to_owned(), inbox, watched: HashMap::new(), unconfirmed: Unconfirmed::default(), headers }
     }
 
     /// The task's next signal; never resolves once the task is gone.
@@ -356,7 +366,7 @@ impl Backfills {
         match signal {
             Signal::Watch { task, backfill, table, key_columns, watching } => {
                 self.watched
-                    .insert(table, Watched { task, backfill, key_columns, window: Window::new(), pending: None });
+                    .insert(table, Watched { task, backfill, key_columns, window: Window::after(&self.unconfirmed), pending: None });
                 let _ = watching.send(());
             }
             Signal::Chunk(chunk) => {
@@ -367,16 +377,22 @@ impl Backfills {
                 }
             }
             Signal::Unwatch { backfill } => self.watched.retain(|_, watched| watched.backfill != backfill),
+            Signal::Horizon(snapshot) => self.unconfirmed.seen_by(&snapshot),
         }
     }
 
-    /// Whether any table is watched (the hot path skips everything else when not).
+    /// Whether any table is watched.
+    #[cfg(test)]
     pub(crate) fn is_watching(&self) -> bool {
         !self.watched.is_empty()
     }
 
     /// A change by transaction `xid` was streamed: marks its keys if its table is watched.
     pub(crate) fn on_change(&mut self, rows: &RowImage<'_>, xid: u32) {
+        self.unconfirmed.streamed(xid);
+        if self.watched.is_empty() {
+            return;
+        }
         let Some(watched) = self.watched.get_mut(rows.table_name) else { return };
         let key_of = |row: &[Option<String>]| -> Key {
             watched
@@ -419,7 +435,18 @@ impl Backfills {
                 let key_of = |row: &Vec<Option<String>>| -> Key {
                     primary_key.iter().map(|&i| row.get(i).cloned().flatten()).collect()
                 };
-                chunk.rows = watched.window.high(std::mem::take(&mut chunk.rows), key_of, &chunk.snapshot);
+                self.unconfirmed.seen_by(&chunk.snapshot);
+                let Some(rows) = watched.window.high(std::mem::take(&mut chunk.rows), key_of, &chunk.snapshot) else {
+                    tracing::info!(
+                        table = %chunk.table,
+                        backfill = chunk.backfill,
+                        chunk = chunk.chunk,
+                        "backfill chunk read again: a commit streamed before the backfill began is not visible yet (a synchronous standby may be holding it)"
+                    );
+                    let _ = chunk.published.send(Published { rows: 0, dropped: 0, read_again: true });
+                    return None;
+                };
+                chunk.rows = rows;
                 let dropped = read - chunk.rows.len();
                 Some(ReadyChunk { chunk, dropped })
             }
@@ -453,7 +480,7 @@ impl Backfills {
             }
         }
         sink.commit(tx, lsn);
-        let _ = chunk.published.send(Published { rows: chunk.rows.len(), dropped });
+        let _ = chunk.published.send(Published { rows: chunk.rows.len(), dropped, read_again: false });
         Ok(true)
     }
 }
@@ -569,8 +596,15 @@ impl<'a> BackfillTask<'a> {
         Ok(client)
     }
 
-    /// Claims this slot's open backfills and runs them, oldest first.
+    /// Claims this slot's open backfills and runs them, oldest first. Tells the session what a
+    /// fresh snapshot sees first, so it forgets the transactions no window needs to wait for.
     async fn poll(&self, client: &Client) -> Result<(), String> {
+        let horizon: String = client
+            .query_one("SELECT pg_current_snapshot()::text", &[])
+            .await
+            .map_err(|e| format!("reading the current snapshot: {e}"))?
+            .get(0);
+        let _ = self.outbox.send(Signal::Horizon(XidSnapshot::parse(&horizon)?));
         for run in self.control.claim(client, self.slot, RunKind::Backfill).await? {
             match self.backfill(client, &run).await {
                 Ok(()) => {}
@@ -679,6 +713,10 @@ impl<'a> BackfillTask<'a> {
             let outcome = published
                 .await
                 .map_err(|_| Stop::Retry("the session ended before the chunk's high watermark".into()))?;
+            if outcome.read_again {
+                tokio::time::sleep(READ_AGAIN_DELAY).await;
+                continue;
+            }
             // Progress only once Kafka acknowledged the chunk: a crash before re-reads it.
             self.acknowledged(high).await;
             let row_count = i64::try_from(read_now).unwrap_or(i64::MAX);

@@ -16,6 +16,12 @@
 //!   decides what the chunk read.
 //!
 //! Marks of transactions that `S` sees are forgotten at `H`: every later snapshot sees them too.
+//!
+//! A transaction streamed before watching began has no marks: which keys it changed is not known.
+//! If `S` does not see one of those (its commit was streamed, its visibility lags: a commit still
+//! waiting on a synchronous standby), the chunk cannot be judged and is read again later
+//! ([`Window::high`] returns `None`). [`Unconfirmed`] remembers, while backfills are enabled, the
+//! streamed transactions no snapshot has yet been seen to see, so a new window knows them.
 
 use std::collections::HashMap;
 
@@ -87,6 +93,50 @@ struct Mark {
     in_window: bool,
 }
 
+/// The streamed transactions that no snapshot has yet been seen to see, oldest first. Visibility
+/// never goes back: once one snapshot sees a transaction, every later one does, so it is
+/// forgotten. In steady state this holds only the transactions of the last moments.
+#[derive(Debug, Default)]
+pub(crate) struct Unconfirmed {
+    xids: Vec<u32>,
+    /// Whether the bound was reached and the oldest were forgotten (warned once).
+    overflowed: bool,
+}
+
+impl Unconfirmed {
+    /// More than this many streamed transactions that no snapshot saw yet means snapshots stopped
+    /// coming (the database is unreachable); the oldest are forgotten then.
+    const BOUND: usize = 1_000_000;
+
+    /// Transaction `xid`'s changes were streamed.
+    pub(crate) fn streamed(&mut self, xid: u32) {
+        if self.xids.last() == Some(&xid) {
+            return;
+        }
+        self.xids.push(xid);
+        if self.xids.len() > Self::BOUND {
+            if !self.overflowed {
+                tracing::warn!(
+                    transactions = Self::BOUND,
+                    "no snapshot of the database was taken for a long time; a backfill starting now may miss a commit whose visibility lags its WAL record"
+                );
+                self.overflowed = true;
+            }
+            self.xids.drain(..Self::BOUND / 2);
+        }
+    }
+
+    /// `snapshot` was taken: what it sees, every later snapshot sees.
+    pub(crate) fn seen_by(&mut self, snapshot: &XidSnapshot) {
+        self.xids.retain(|&xid| !snapshot.sees(xid));
+    }
+
+    /// The transactions still unconfirmed.
+    pub(crate) fn xids(&self) -> &[u32] {
+        &self.xids
+    }
+}
+
 /// The changes of one watched table that may make a chunk row stale.
 #[derive(Debug, Default)]
 pub(crate) struct Window {
@@ -94,12 +144,21 @@ pub(crate) struct Window {
     /// The low watermark of the chunk in flight was streamed: changes from now on are inside
     /// its window.
     low_seen: bool,
+    /// Transactions streamed before watching began that no snapshot was seen to see yet.
+    unwatched: Vec<u32>,
 }
 
 impl Window {
     /// Starts watching a table: call before its first low watermark is written.
+    #[cfg(test)]
     pub(crate) fn new() -> Self {
         Self::default()
+    }
+
+    /// Starts watching a table, after the `unconfirmed` transactions were streamed: call before
+    /// its first low watermark is written.
+    pub(crate) fn after(unconfirmed: &Unconfirmed) -> Self {
+        Self { unwatched: unconfirmed.xids().to_vec(), ..Self::default() }
     }
 
     /// The low watermark of the next chunk was streamed.
@@ -118,8 +177,20 @@ impl Window {
     }
 
     /// The high watermark of the chunk read under `snapshot` was streamed: returns the rows that
-    /// may be published there, in their order, and forgets what no later chunk needs.
-    pub(crate) fn high<R>(&mut self, rows: Vec<R>, key_of: impl Fn(&R) -> Key, snapshot: &XidSnapshot) -> Vec<R> {
+    /// may be published there, in their order, and forgets what no later chunk needs. `None`:
+    /// the snapshot misses a transaction streamed before watching began, whose keys are not
+    /// known; the chunk must be read again, under a later snapshot.
+    pub(crate) fn high<R>(&mut self, rows: Vec<R>, key_of: impl Fn(&R) -> Key, snapshot: &XidSnapshot) -> Option<Vec<R>> {
+        self.low_seen = false;
+        self.unwatched.retain(|&xid| !snapshot.sees(xid));
+        if !self.unwatched.is_empty() {
+            // The next read has a window of its own; what this one marked only matters if that
+            // read's snapshot misses it.
+            for mark in self.marks.values_mut().flatten() {
+                mark.in_window = false;
+            }
+            return None;
+        }
         let stale = |marks: &Vec<Mark>| marks.iter().any(|m| m.in_window || !snapshot.sees(m.xid));
         let fresh: Vec<R> =
             rows.into_iter().filter(|row| self.marks.get(&key_of(row)).is_none_or(|marks| !stale(marks))).collect();
@@ -130,8 +201,7 @@ impl Window {
             }
             !marks.is_empty()
         });
-        self.low_seen = false;
-        fresh
+        Some(fresh)
     }
 
     /// Keys currently remembered (for tests and memory bounds).
@@ -184,7 +254,7 @@ mod tests {
         w.low();
         w.changed(key(2), 60); // inside the window
         let s = XidSnapshot::new(61, 61, vec![]);
-        let rows = w.high(vec![1u8, 2, 3], |r| key(*r), &s);
+        let rows = w.high(vec![1u8, 2, 3], |r| key(*r), &s).unwrap();
         assert_eq!(rows, vec![1, 3]);
         assert_eq!(w.remembered(), 0, "marks the snapshot saw are forgotten");
     }
@@ -198,14 +268,34 @@ mod tests {
         w.changed(key(1), 70);
         w.low();
         let missed = XidSnapshot::new(65, 71, vec![70]);
-        assert_eq!(w.high(vec![1u8, 2], |r| key(*r), &missed), vec![2]);
+        assert_eq!(w.high(vec![1u8, 2], |r| key(*r), &missed), Some(vec![2]));
         assert_eq!(w.remembered(), 1);
         w.low();
-        assert_eq!(w.high(vec![1u8], |r| key(*r), &missed), Vec::<u8>::new());
+        assert_eq!(w.high(vec![1u8], |r| key(*r), &missed), Some(Vec::<u8>::new()));
         let seen = XidSnapshot::new(71, 71, vec![]);
         w.low();
-        assert_eq!(w.high(vec![1u8], |r| key(*r), &seen), vec![1]);
+        assert_eq!(w.high(vec![1u8], |r| key(*r), &seen), Some(vec![1]));
         assert_eq!(w.remembered(), 0);
+    }
+
+    /// A commit streamed before watching began and not yet visible (waiting on a synchronous
+    /// standby) leaves the chunk undecidable until a snapshot sees it; what other snapshots
+    /// already saw is not waited for.
+    #[test]
+    fn a_commit_streamed_before_watching_that_the_snapshot_misses_makes_the_chunk_read_again() {
+        let mut unconfirmed = Unconfirmed::default();
+        for xid in [40, 41, 42] {
+            unconfirmed.streamed(xid);
+        }
+        unconfirmed.seen_by(&XidSnapshot::new(41, 43, vec![42]));
+        assert_eq!(unconfirmed.xids(), &[42]);
+        let mut w = Window::after(&unconfirmed);
+        w.low();
+        let lagging = XidSnapshot::new(42, 45, vec![42]);
+        assert_eq!(w.high(vec![1u8, 2], |r| key(*r), &lagging), None);
+        w.low();
+        let visible = XidSnapshot::new(45, 45, vec![]);
+        assert_eq!(w.high(vec![1u8, 2], |r| key(*r), &visible), Some(vec![1, 2]));
     }
 
     /// One chunk of a generated history, positions being indexes into the transactions.
@@ -221,16 +311,17 @@ mod tests {
         late: Vec<bool>,
     }
 
-    fn history() -> impl Strategy<Value = (Vec<(u8, bool)>, Vec<ChunkCase>)> {
+    /// Transactions (key, delete?), how many were streamed before watching began, and chunks.
+    fn history() -> impl Strategy<Value = (Vec<(u8, bool)>, usize, Vec<ChunkCase>)> {
         let txs = proptest::collection::vec((0..6u8, proptest::bool::weighted(0.2)), 0..40);
         txs.prop_flat_map(|txs| {
             let n = txs.len();
             let chunk = (0..=n, 0..=4usize, 0..=4usize, proptest::collection::vec(any::<bool>(), 4));
-            (Just(txs), proptest::collection::vec(chunk, 1..5))
+            (Just(txs), 0..=n, proptest::collection::vec(chunk, 1..5))
         })
-        .prop_map(|(txs, raw)| {
+        .prop_map(|(txs, watch_from, raw)| {
             let n = txs.len();
-            let mut start = 0;
+            let mut start = watch_from;
             let mut chunks = Vec::new();
             for (low, to_snap, to_high, late) in raw {
                 let low = low.max(start).min(n);
@@ -239,7 +330,7 @@ mod tests {
                 chunks.push(ChunkCase { low, snap, high, late });
                 start = high;
             }
-            (txs, chunks)
+            (txs, watch_from, chunks)
         })
     }
 
@@ -248,11 +339,16 @@ mod tests {
         /// published at a high watermark are never older than a change streamed before it, and
         /// a row no transaction touched since watching began is always published.
         #[test]
-        fn published_rows_never_go_back_in_time((txs, chunks) in history()) {
+        fn published_rows_never_go_back_in_time((txs, watch_from, chunks) in history()) {
             // Transaction i changes key txs[i].0 to version i (or deletes it); xid = 1000 + i.
             let xid = |i: usize| 1000 + i as u32;
-            let mut w = Window::new();
-            let mut streamed = 0;
+            // The first `watch_from` transactions were streamed before watching began.
+            let mut unconfirmed = Unconfirmed::default();
+            for i in 0..watch_from {
+                unconfirmed.streamed(xid(i));
+            }
+            let mut w = Window::after(&unconfirmed);
+            let mut streamed = watch_from;
             // Visibility never goes back: a transaction an earlier snapshot saw is seen by all later ones.
             let mut seen_before = std::collections::HashSet::new();
             for chunk in &chunks {
@@ -266,8 +362,7 @@ mod tests {
                     streamed += 1;
                 }
                 // The snapshot: everything committed before `snap`, except the late ones among
-                // the last four (they come after the low watermark's registration point only if
-                // watching began before them, which it did: watching starts at 0).
+                // the last four, which may have been streamed before watching began.
                 let late: Vec<u64> = (chunk.snap.saturating_sub(4)..chunk.snap)
                     .filter(|i| chunk.late[chunk.snap - 1 - i] && !seen_before.contains(i))
                     .map(|i| u64::from(xid(i)))
@@ -287,7 +382,12 @@ mod tests {
                 }
                 seen_before.extend((0..chunk.snap).filter(|i| !late.contains(&u64::from(xid(*i)))));
                 let rows: Vec<(u8, i64)> = (0..6u8).filter_map(|k| state[&k].map(|v| (k, v))).collect();
-                let published = w.high(rows.clone(), |(k, _)| key(*k), &snapshot);
+                let Some(published) = w.high(rows.clone(), |(k, _)| key(*k), &snapshot) else {
+                    // Read again only when the snapshot misses a transaction streamed before
+                    // watching began.
+                    prop_assert!(late.iter().any(|&x| x < u64::from(xid(watch_from))), "a chunk was refused with nothing to refuse it for");
+                    continue;
+                };
                 for (k, version) in &published {
                     let newest_streamed = (0..chunk.high).filter(|i| txs[*i].0 == *k).max();
                     if let Some(i) = newest_streamed {

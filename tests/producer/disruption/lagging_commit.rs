@@ -1,0 +1,125 @@
+//! A commit whose visibility lags its WAL record, as with a synchronous standby that has not
+//! answered: the slot streams the change while every snapshot still shows the row's old state.
+//! A backfill started then must not publish that old state after the streamed new one.
+//!
+//! `synchronous_standby_names` is server-wide: this runs in the serial phase
+//! (`producer::disruption`), holds the services exclusively, makes every other session commit
+//! with `synchronous_commit = local`, and restores both settings even when it fails.
+
+use std::time::Duration;
+
+use pgkafka::Op;
+use pgkafka_tests::disrupt::exclusive_services;
+use pgkafka_tests::producer_task::RunningProducer;
+use pgkafka_tests::{env, pg_client, pg_client_for, wait_for};
+
+use crate::producer::backfill::{fold, table_rows};
+use crate::producer::{Scenario, Table};
+
+/// A standby that never answers, for the one session that waits for it.
+struct AbsentStandby;
+
+impl AbsentStandby {
+    async fn set(pg: &tokio_postgres::Client) -> Self {
+        let guard = Self;
+        // ALTER SYSTEM may not share a (multi-statement, so implicit) transaction.
+        pg.batch_execute("ALTER SYSTEM SET synchronous_standby_names = 'pgkafka_absent_standby'").await.unwrap();
+        pg.batch_execute("ALTER SYSTEM SET synchronous_commit = 'local'").await.unwrap();
+        pg.batch_execute("SELECT pg_reload_conf()").await.unwrap();
+        guard
+    }
+}
+
+impl Drop for AbsentStandby {
+    fn drop(&mut self) {
+        // Drop cannot await, and may run while the test's runtime unwinds: reset on a thread of its own.
+        let url = env().database_url.clone();
+        let reset = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
+            runtime.block_on(async move {
+                let pg = pg_client_for(&url).await;
+                pg.batch_execute("ALTER SYSTEM RESET synchronous_standby_names").await?;
+                pg.batch_execute("ALTER SYSTEM RESET synchronous_commit").await?;
+                pg.batch_execute("SELECT pg_reload_conf()").await
+            })
+        });
+        match reset.join() {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => eprintln!("could not reset synchronous_standby_names: {error}"),
+            Err(_) => eprintln!("could not reset synchronous_standby_names: the resetting thread panicked"),
+        }
+    }
+}
+
+/// An update of row 7 commits while its session waits for a synchronous standby that never
+/// answers: the slot streams it (ver 1), but no snapshot sees it yet. A backfill of the table is
+/// requested then. Its chunk, read under a snapshot that shows row 7 at ver 0, is read again
+/// rather than published after the update; once the wait is cancelled (the commit becomes
+/// visible) the backfill finishes, and the topic folds to the table with no row going back in
+/// time.
+///
+/// Checked to fail without the fix (the window not knowing the transactions streamed before it
+/// began watching): the chunk, row 7 at ver 0, is published after the streamed update to ver 1,
+/// and the test stops at "the backfill published its chunk while a streamed commit was not
+/// visible to it".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backfill_does_not_publish_a_row_older_than_a_commit_a_standby_still_holds() {
+    pgkafka_tests::init_tracing();
+    let _exclusive = exclusive_services().await;
+    let t = pgkafka_tests::unique_name("p_lagging");
+    let table = Table::new(
+        &t,
+        format!(
+            "CREATE TABLE {t} (id int PRIMARY KEY, ver int NOT NULL, v text); \
+             INSERT INTO {t} SELECT g, 0, 'v' || g FROM generate_series(1, 20) g"
+        ),
+        &[],
+        1,
+    );
+    let sc = Scenario::unlocked("p_lagging", vec![table]).await;
+    let running = RunningProducer::start(sc.builder().backfills(true).backfill_chunk_size(100).build(), &sc.slot).await;
+    let control = sc.producer();
+    let topic = sc.topics[0].clone();
+
+    let _standby = AbsentStandby::set(&sc.pg).await;
+    let holder = pg_client().await;
+    holder.batch_execute("SET synchronous_commit = on").await.unwrap();
+    let holder_pid: i32 = holder.query_one("SELECT pg_backend_pid()", &[]).await.unwrap().get(0);
+    let update = format!("UPDATE {t} SET ver = 1, v = 'updated' WHERE id = 7");
+    let committing = tokio::spawn(async move { holder.batch_execute(&update).await });
+
+    // The slot streams the update while its session still waits for the standby.
+    wait_for("the update to be streamed", Duration::from_secs(30), || {
+        let topic = topic.clone();
+        async move {
+            let records = pgkafka_tests::read_topic(&topic).await;
+            records.iter().any(|r| matches!(r.op().op, Op::Update(_))).then_some(())
+        }
+    })
+    .await;
+    let ver: i32 = sc.pg.query_one(&format!("SELECT ver FROM {t} WHERE id = 7"), &[]).await.unwrap().get(0);
+    assert_eq!(ver, 0, "the update became visible before the test could request the backfill");
+    assert!(!committing.is_finished(), "the update's commit did not wait for the standby");
+
+    let ids = control.request_backfill(std::slice::from_ref(&t)).await.unwrap();
+    // The backfill reads its chunk several times while the commit is held.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let early = pgkafka_tests::read_topic(&topic).await;
+    let backfilled = early.iter().filter(|r| matches!(r.op().op, Op::Insert(_))).count();
+    assert_eq!(backfilled, 0, "the backfill published its chunk while a streamed commit was not visible to it");
+
+    sc.pg.query_one("SELECT pg_cancel_backend($1)", &[&holder_pid]).await.unwrap();
+    // The commit is already in the WAL: cancelling the wait only makes it visible (with a warning).
+    committing.await.unwrap().unwrap();
+    wait_for("the backfill to finish", Duration::from_secs(60), || async {
+        control.backfill_status().await.unwrap().iter().any(|r| ids.contains(&r.id) && r.state == "done").then_some(())
+    })
+    .await;
+
+    let records = pgkafka_tests::read_topic(&topic).await;
+    let mine: Vec<_> = records.iter().collect();
+    let folded = fold(&mine, &["id"], &t);
+    assert_eq!(folded, table_rows(&sc.pg, &t, &["id"]).await, "the topic does not fold to the table");
+    running.stop().await.unwrap();
+    sc.cleanup().await;
+}
