@@ -824,12 +824,33 @@ async fn feed_ops(env: &Env, sample: &[(Vec<u8>, Vec<u8>)], ops: u64) -> String 
     topic
 }
 
-/// A running producer and basic consumer on a small table, for COMMIT → handler latency.
+/// A running producer and basic consumer on a small table, for COMMIT → handler latency, with a
+/// raw rdkafka consumer assigned the same partitions beside it: COMMIT → raw consumer is what the
+/// producer and the broker take, the rest is the basic consumer's.
 struct LatencyPipeline {
     client: Arc<tokio_postgres::Client>,
     insert: tokio_postgres::Statement,
     counting: Arc<Counting>,
+    raw: Arc<Counting>,
     next_id: i64,
+}
+
+/// Reads every partition of `topic` from its end with a plain rdkafka consumer (no group, no
+/// pgkafka) until `stop`, recording each op's COMMIT → receipt time in `counting`.
+fn raw_latency_watcher(topic: &str, partitions: i32, counting: Arc<Counting>, stop: Arc<std::sync::atomic::AtomicBool>) {
+    let consumer: BaseConsumer = consumer_config(&unique_name("bench_lat_raw")).set("fetch.wait.max.ms", "5").create().unwrap();
+    let mut tpl = TopicPartitionList::new();
+    for partition in 0..partitions {
+        tpl.add_partition_offset(topic, partition, Offset::End).unwrap();
+    }
+    consumer.assign(&tpl).unwrap();
+    while !stop.load(Ordering::Relaxed) {
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
+            if let Ok(op) = serde_json::from_slice::<ReplicationOp>(m.payload().unwrap_or_default()) {
+                counting.record(&op);
+            }
+        }
+    }
 }
 
 impl LatencyPipeline {
@@ -855,6 +876,12 @@ impl LatencyPipeline {
             let _ = producer.start().await;
         });
         let counting = Counting::new(true);
+        let raw = Counting::new(true);
+        let stop_raw = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let raw_watcher = {
+            let (topic, partitions, raw, stop) = (lat_topic.clone(), env.partitions, Arc::clone(&raw), Arc::clone(&stop_raw));
+            tokio::task::spawn_blocking(move || raw_latency_watcher(&topic, partitions, raw, stop))
+        };
         let consumer = consumer_options(Consumer::new(unique_name("bench_lat"), vec![lat_topic], env.brokers.clone(), NoopApp(Arc::clone(&counting))))
             .kafka_option("fetch.wait.max.ms", "5");
         let stop_consumer = consumer.shutdown_handle();
@@ -865,15 +892,19 @@ impl LatencyPipeline {
             .prepare(&format!("INSERT INTO {lat} VALUES ($1, $2, (extract(epoch from clock_timestamp()) * 1000000)::bigint)"))
             .await
             .unwrap();
-        let mut pipeline = Self { client, insert, counting, next_id: 0 };
+        let mut pipeline = Self { client, insert, counting, raw, next_id: 0 };
         // Warm up until the group has joined and the producer streams.
         while pipeline.counting.seen() == 0 {
             pipeline.insert_one().await;
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
-        let stops: Vec<Box<dyn FnOnce() + Send>> = vec![Box::new(move || stop_producer.shutdown()), Box::new(move || stop_consumer.shutdown())];
-        (pipeline, stops, vec![producer_task, consumer_task])
+        let stops: Vec<Box<dyn FnOnce() + Send>> = vec![
+            Box::new(move || stop_producer.shutdown()),
+            Box::new(move || stop_consumer.shutdown()),
+            Box::new(move || stop_raw.store(true, Ordering::Relaxed)),
+        ];
+        (pipeline, stops, vec![producer_task, consumer_task, raw_watcher])
     }
 
     async fn insert_one(&mut self) {
@@ -883,9 +914,11 @@ impl LatencyPipeline {
     }
 
     /// `tps` single-row transactions a second for `secs` (pipelined on one connection, so the
-    /// writer keeps the pace); returns (p50, p99, max) in ms and the rate achieved.
-    async fn run(&mut self, tps: u64, secs: u64) -> (f64, f64, f64, f64) {
+    /// writer keeps the pace); returns (p50, p99, max) in ms, the rate achieved, and the p99 in ms
+    /// of the raw consumer beside.
+    async fn run(&mut self, tps: u64, secs: u64) -> (f64, f64, f64, f64, f64) {
         self.counting.latencies_us.lock().unwrap().clear();
+        self.raw.latencies_us.lock().unwrap().clear();
         let before = self.counting.seen();
         let total = tps * secs;
         let mut ticker = tokio::time::interval(Duration::from_nanos(1_000_000_000 / tps.max(1)));
@@ -904,10 +937,17 @@ impl LatencyPipeline {
         }
         let achieved = total as f64 / started.elapsed().as_secs_f64();
         wait_count(&self.counting, before + total, Duration::from_secs(120)).await;
-        let mut latencies = self.counting.latencies_us.lock().unwrap().clone();
-        latencies.sort_unstable();
-        let pct = |p: f64| latencies[((latencies.len() as f64 - 1.0) * p).round() as usize] as f64 / 1000.0;
-        (pct(0.50), pct(0.99), latencies.last().map_or(f64::NAN, |&m| m as f64 / 1000.0), achieved)
+        let sorted = |counting: &Counting| {
+            let mut latencies = counting.latencies_us.lock().unwrap().clone();
+            latencies.sort_unstable();
+            latencies
+        };
+        let pct = |latencies: &[i64], p: f64| match latencies.len() {
+            0 => f64::NAN,
+            n => latencies[((n as f64 - 1.0) * p).round() as usize] as f64 / 1000.0,
+        };
+        let (latencies, raw) = (sorted(&self.counting), sorted(&self.raw));
+        (pct(&latencies, 0.50), pct(&latencies, 0.99), pct(&latencies, 1.0), achieved, pct(&raw, 0.99))
     }
 }
 
@@ -1081,10 +1121,17 @@ async fn main() {
             for &tps in &env.latency_rates {
                 eprintln!("bench: latency round {}/{rounds} at {tps} transactions/s", round + 1);
                 let cpu = CpuSample::now();
-                let (p50, p99, max, achieved) = pipeline.run(tps, env.latency_secs).await;
+                let (p50, p99, max, achieved, raw_p99) = pipeline.run(tps, env.latency_secs).await;
                 results.add(&format!("latency_{tps}_p50"), format!("COMMIT to handler at {tps} tx/s, p50"), "ms", "pgkafka", p50);
                 results.add(&format!("latency_{tps}_p99"), format!("COMMIT to handler at {tps} tx/s, p99"), "ms", "pgkafka", p99);
                 results.add(&format!("latency_{tps}_max"), format!("COMMIT to handler at {tps} tx/s, max"), "ms", "pgkafka", max);
+                results.add(
+                    &format!("latency_{tps}_raw_p99"),
+                    format!("COMMIT to a raw rdkafka consumer on the same topic at {tps} tx/s, p99 (producer and broker)"),
+                    "ms",
+                    "reference",
+                    raw_p99,
+                );
                 results.add(&format!("latency_{tps}_achieved"), format!("transactions written, aiming at {tps} tx/s"), "tx/s", "reference", achieved);
                 results.cpu(&format!("latency_{tps}_p99"), &cpu);
             }
