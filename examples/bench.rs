@@ -329,6 +329,15 @@ fn write_producer_config(env: &Env, dir: &Path, slot: &str, publication: &str, t
     if let Some(window) = std::env::var("BENCH_MAX_IN_FLIGHT").ok().and_then(|v| v.parse::<u64>().ok()) {
         config["max_in_flight"] = json!(window);
     }
+    // librdkafka settings for the producer under test, `key=value,key=value`.
+    if let Ok(settings) = std::env::var("BENCH_PRODUCER_KAFKA") {
+        let kafka: serde_json::Map<String, Value> = settings
+            .split(',')
+            .filter_map(|kv| kv.split_once('='))
+            .map(|(k, v)| (k.trim().to_owned(), json!(v.trim())))
+            .collect();
+        config["kafka"] = Value::Object(kafka);
+    }
     if debezium {
         // Debezium's defaults: Kafka Connect schemas in every record, tombstones.
         config["format"] = json!("debezium");
