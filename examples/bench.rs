@@ -12,7 +12,8 @@
 //!
 //! 1. Producer: `pg_recvlogical` (PostgreSQL's limit), the pgkafka producer (the `pgkafka`
 //!    binary, slot to acknowledged in Kafka) and a raw rdkafka producer sending the same records
-//!    with the same delivery settings (Kafka's limit). Target: ≥ 0.9 × min(limits).
+//!    with the same delivery settings (Kafka's limit). Target: ≥ 0.9 × min(limits). The producer
+//!    also runs in the `debezium` format and with `linger.ms=50` (larger batches), without targets.
 //! 2. Peak RSS of the producer through one transaction of all the rows. Target: ≤ 64 MB.
 //! 3. Consumer: a raw rdkafka consumer on all partitions that decodes nothing (Kafka's limit),
 //!    a single-thread rdkafka consumer decoding each JSON value (the reference), and the basic
@@ -342,6 +343,16 @@ fn write_producer_config(env: &Env, dir: &Path, slot: &str, publication: &str, t
         // Debezium's defaults: Kafka Connect schemas in every record, tombstones.
         config["format"] = json!("debezium");
         config["debezium"] = json!({ "name": table });
+    }
+    std::fs::write(&path, serde_json::to_vec_pretty(&config).unwrap()).unwrap();
+    path
+}
+
+/// Adds librdkafka `settings` to the producer config file at `path`.
+fn with_kafka_settings(path: PathBuf, settings: &[(&str, &str)]) -> PathBuf {
+    let mut config: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    for (key, value) in settings {
+        config["kafka"][*key] = json!(value);
     }
     std::fs::write(&path, serde_json::to_vec_pretty(&config).unwrap()).unwrap();
     path
@@ -990,6 +1001,9 @@ async fn main() {
     let producer_slots: Vec<String> = (0..rounds).map(|r| format!("{table}_slot{r}")).collect();
     create_slots(&client, &recv_slots).await;
     let debezium_slots: Vec<String> = (0..rounds).map(|r| format!("{table}_dbz{r}")).collect();
+    let linger_slots: Vec<String> = (0..rounds).map(|r| format!("{table}_linger{r}")).collect();
+    create_slots(&client, &linger_slots).await;
+    all_slots.names.extend(linger_slots.iter().cloned());
     create_slots(&client, &producer_slots).await;
     create_slots(&client, &debezium_slots).await;
     all_slots.names.extend(recv_slots.iter().chain(&producer_slots).chain(&debezium_slots).cloned());
@@ -1025,6 +1039,15 @@ async fn main() {
             results.add("pgkafka_producer_debezium", "pgkafka producer, debezium format (with schemas), same workload", "rows/s", "pgkafka", env.rows as f64 / secs);
             results.cpu_between("pgkafka_producer_debezium", cores);
             delete_topic(&debezium_topic).await;
+            // The same run with larger batches: what the batching knob buys on this machine.
+            let linger_topic = format!("{table}_linger_topic{round}");
+            create_topic(&linger_topic, env.partitions).await;
+            let config = write_producer_config(&env, &dir, &linger_slots[round], &publication, &table, &linger_topic, false);
+            let config = with_kafka_settings(config, &[("linger.ms", "50")]);
+            let (secs, _, cores) = run_producer_binary(&env, &config, &linger_slots[round], &end_lsn).await;
+            results.add("pgkafka_producer_linger50", "pgkafka producer with linger.ms=50 (default 5), same workload", "rows/s", "pgkafka", env.rows as f64 / secs);
+            results.cpu_between("pgkafka_producer_linger50", cores);
+            delete_topic(&linger_topic).await;
         }
         if round == 0 {
             sample = read_sample(&topic);
@@ -1154,6 +1177,7 @@ async fn main() {
     }
 
     results.ratio_target("producer / min(pg_recvlogical, raw rdkafka producer)", "pgkafka_producer", &["pg_recvlogical", "rdkafka_producer"], Some(0.9));
+    results.ratio_target("producer with linger.ms=50 / min(pg_recvlogical, raw rdkafka producer)", "pgkafka_producer_linger50", &["pg_recvlogical", "rdkafka_producer"], None);
     results.at_most_target("producer peak RSS through one transaction of all rows", "one_transaction_peak_rss", "max", 64.0 / 1.048_576, "MiB", "64 MB");
     results.ratio_target("initial snapshot / min(COPY, raw rdkafka producer)", "pgkafka_snapshot", &["copy_out", "rdkafka_producer"], Some(0.7));
     results.at_most_target("producer peak RSS during the initial snapshot", "snapshot_peak_rss", "max", 64.0 / 1.048_576, "MiB", "64 MB");
