@@ -30,6 +30,7 @@
 //! `processor` (the basic processor and the retry loop around either processor),
 //! `idempotent` (the idempotent processor), `dead_letter`, `halt` (the stop signal) and `error`.
 
+mod burst;
 mod dead_letter;
 mod error;
 mod format;
