@@ -161,7 +161,10 @@ impl Pending {
 mod tests {
     use super::*;
 
-    fn burst(records: &[(i64, Option<&[u8]>, Option<&[u8]>, &[(&str, Option<&[u8]>)])]) -> Burst {
+    /// A record to copy in: offset, key, value, headers.
+    type Parts<'a> = (i64, Option<&'a [u8]>, Option<&'a [u8]>, &'a [(&'a str, Option<&'a [u8]>)]);
+
+    fn burst(records: &[Parts<'_>]) -> Burst {
         let mut burst = Burst::default();
         for (offset, key, value, headers) in records {
             burst.push_parts(*offset, *key, *value, headers.iter().copied());
