@@ -26,10 +26,12 @@
 //! next one.
 //!
 //! The modules: `run` (the poll loop, rebalances, commits), `partition` (one partition's queue
-//! and task), `format` (a record value read as pgkafka's op or a Debezium event, or passed over),
+//! and task), `burst` (a poll burst's records, copied by the poll thread for the task to decode),
+//! `format` (a record value read as pgkafka's op or a Debezium event, or passed over),
 //! `processor` (the basic processor and the retry loop around either processor),
 //! `idempotent` (the idempotent processor), `dead_letter`, `halt` (the stop signal) and `error`.
 
+mod burst;
 mod dead_letter;
 mod error;
 mod format;

@@ -1,23 +1,25 @@
-//! One assigned partition: the poll thread's side (decoding its records, its queue to the task,
-//! duplicate and pause accounting, what is finished and committed) and its task, which handles
-//! the records strictly in offset order, a batch at a time.
+//! One assigned partition: the poll thread's side (copying its records out, its queue to the
+//! task, duplicate and pause accounting, what is finished and committed) and its task, which
+//! decodes and handles the records strictly in offset order, a batch at a time.
 //!
-//! The poll thread decodes each record from librdkafka's buffer in place (no copy of the record,
-//! and the origin headers kept only when the processor reads them) and hands the decoded ops of a
-//! poll burst to the task in one send, so a busy partition costs one cross-thread wake-up per
-//! burst rather than per record.
+//! The poll thread copies the records of a poll burst into one buffer ([`Burst`]) and hands it
+//! to the task in one send, so a busy partition costs one cross-thread wake-up per burst rather
+//! than per record. The task decodes them (keeping the origin headers only when the processor
+//! reads them): decoding runs on the workers, in parallel across partitions, and an op is freed
+//! on the thread that allocated it.
 
-use std::collections::VecDeque;
 use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use rdkafka::message::{BorrowedMessage, Headers as _, Message as _, OwnedMessage};
+use rdkafka::message::{BorrowedMessage, Message as _, OwnedMessage};
+use rdkafka::Timestamp;
 use tokio::sync::mpsc::{self, error::TryRecvError, UnboundedReceiver, UnboundedSender};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info_span, Instrument as _};
 
+use super::burst::{Burst, Pending, Record};
 use super::dead_letter::{DeadLetterSender, Delivery};
 use super::format::{Formats, Read, Reader};
 use super::halt::Halt;
@@ -66,7 +68,7 @@ impl Progress {
 /// What became of a record handed to [`Partition::dispatch`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Dispatched {
-    /// Decoded and held for the next [`Partition::flush`].
+    /// Copied and held for the next [`Partition::flush`].
     Held,
     /// At or below an offset already queued: librdkafka delivered it again after a pause.
     Duplicate,
@@ -92,10 +94,8 @@ pub(crate) struct Partition {
     worker: Option<Worker>,
     /// Offset of the last record handed to the worker or held for it.
     last_dispatched: i64,
-    /// Records decoded in this poll burst, not yet sent to the task.
-    held: Vec<Item>,
-    /// How this partition's topic is read, taken from the context at the first record.
-    reader: Option<Reader>,
+    /// Records copied in this poll burst, not yet sent to the task.
+    held: Burst,
     /// The offset last committed to Kafka.
     committed: i64,
     paused: bool,
@@ -103,14 +103,14 @@ pub(crate) struct Partition {
 }
 
 struct Worker {
-    tx: UnboundedSender<Vec<Item>>,
+    tx: UnboundedSender<Burst>,
     stop: CancellationToken,
     join: JoinHandle<()>,
 }
 
 /// A partition's task, told to stop, to be awaited.
 pub(crate) struct Stopping {
-    tx: UnboundedSender<Vec<Item>>,
+    tx: UnboundedSender<Burst>,
     join: JoinHandle<()>,
 }
 
@@ -130,8 +130,7 @@ impl Partition {
             progress: Arc::new(Progress { done: AtomicI64::new(-1), queued: AtomicUsize::new(0) }),
             worker: None,
             last_dispatched: -1,
-            held: Vec::new(),
-            reader: None,
+            held: Burst::default(),
             committed: -1,
             paused: false,
             lag: CONSUMER_LAG.partition_gauge(topic, partition),
@@ -142,14 +141,13 @@ impl Partition {
         &self.topic
     }
 
-    /// Decodes `message` and holds it for the partition's task until [`Partition::flush`].
-    pub(crate) fn dispatch(&mut self, context: &PartitionContext, message: &BorrowedMessage<'_>) -> Dispatched {
+    /// Copies `message` and holds it for the partition's task until [`Partition::flush`].
+    pub(crate) fn dispatch(&mut self, message: &BorrowedMessage<'_>) -> Dispatched {
         let offset = message.offset();
         if offset <= self.last_dispatched {
             return Dispatched::Duplicate;
         }
-        let reader = *self.reader.get_or_insert_with(|| context.formats.reader(&self.topic));
-        self.held.push(decode(&reader, message, context.processor.uses_origin()));
+        self.held.push(message);
         self.last_dispatched = offset;
         Dispatched::Held
     }
@@ -157,8 +155,9 @@ impl Partition {
     /// Hands the records held since the last flush to the partition's task, starting the task if
     /// needed.
     pub(crate) fn flush(&mut self, context: &Arc<PartitionContext>) -> Flushed {
-        let Some(first) = self.held.first().map(Item::offset) else { return Flushed::Nothing };
-        let held = std::mem::take(&mut self.held);
+        let Some(first) = self.held.first_offset() else { return Flushed::Nothing };
+        let next = Burst::sized_like(&self.held);
+        let held = std::mem::replace(&mut self.held, next);
         let count = held.len();
         let worker = self.worker.get_or_insert_with(|| spawn(context, &self.topic, self.partition, &self.progress));
         // Counted before sending: the task may take the records (and count them down) at once.
@@ -225,6 +224,7 @@ fn spawn(context: &Arc<PartitionContext>, topic: &str, partition: i32, progress:
     let stop = context.halt.child_token();
     let span = info_span!("partition", topic, partition);
     let task = PartitionTask {
+        reader: context.formats.reader(topic),
         context: Arc::clone(context),
         topic: topic.to_owned(),
         partition,
@@ -266,16 +266,18 @@ impl PartitionMeters {
 /// The task of one partition: takes its records in order and handles them one batch at a time.
 struct PartitionTask {
     context: Arc<PartitionContext>,
+    /// How this partition's topic is read.
+    reader: Reader,
     topic: String,
     partition: i32,
     progress: Arc<Progress>,
-    rx: UnboundedReceiver<Vec<Item>>,
+    rx: UnboundedReceiver<Burst>,
     stop: CancellationToken,
     meters: PartitionMeters,
 }
 
 /// A decoded record: an op (with its offset and, if the processor reads it, its origin), or a
-/// record that is not a valid op, detached from librdkafka with the reason.
+/// record that is not a valid op, copied out of its burst with the reason.
 enum Item {
     Op(i64, ReplicationOp, Option<Origin>, Option<SnapshotKind>),
     /// A record without a row change (a tombstone, a transaction boundary): finished with the batch.
@@ -283,20 +285,12 @@ enum Item {
     Invalid(OwnedMessage, String),
 }
 
-impl Item {
-    fn offset(&self) -> i64 {
-        match self {
-            Item::Op(offset, ..) | Item::Skipped(offset) => *offset,
-            Item::Invalid(message, _) => message.offset(),
-        }
-    }
-}
-
 impl PartitionTask {
     async fn run(mut self) {
         let max_batch = self.context.processor.max_batch();
         let linger = self.context.processor.linger();
-        let mut pending: VecDeque<Item> = VecDeque::new();
+        let keep_origin = self.context.processor.uses_origin();
+        let mut pending = Pending::default();
         // Reused from batch to batch.
         let (mut offsets, mut ops, mut origins, mut snapshots) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         loop {
@@ -310,7 +304,7 @@ impl PartitionTask {
                     () = self.stop.cancelled() => return,
                     chunk = self.rx.recv() => match chunk { Some(chunk) => chunk, None => return },
                 };
-                pending.extend(chunk);
+                pending.push(chunk);
             }
             offsets.clear();
             ops.clear();
@@ -321,7 +315,8 @@ impl PartitionTask {
             let mut deadline = None;
             loop {
                 while offsets.len() < max_batch {
-                    match pending.pop_front() {
+                    let topic = self.topic.as_str();
+                    match pending.pop(|record| decode(&self.reader, topic, self.partition, record, keep_origin)) {
                         Some(Item::Op(offset, op, origin, snapshot)) => {
                             offsets.push(offset);
                             ops.push(op);
@@ -345,7 +340,7 @@ impl PartitionTask {
                     break;
                 }
                 match self.rx.try_recv() {
-                    Ok(chunk) => pending.extend(chunk),
+                    Ok(chunk) => pending.push(chunk),
                     Err(TryRecvError::Disconnected) => break,
                     Err(TryRecvError::Empty) => {
                         let deadline = *deadline.get_or_insert_with(|| Instant::now() + linger);
@@ -354,7 +349,7 @@ impl PartitionTask {
                             break;
                         }
                         match tokio::time::timeout(left, self.rx.recv()).await {
-                            Ok(Some(chunk)) => pending.extend(chunk),
+                            Ok(Some(chunk)) => pending.push(chunk),
                             _ => break,
                         }
                     }
@@ -447,31 +442,39 @@ impl PartitionTask {
     }
 }
 
-/// Decodes a record (borrowed from librdkafka; copied only when invalid) as `reader` reads its
-/// topic, keeping its origin when `keep_origin`.
-fn decode(reader: &Reader, message: &BorrowedMessage<'_>, keep_origin: bool) -> Item {
-    let parsed = match reader.read(message.payload(), message.offset()) {
+/// Decodes a record of `topic`/`partition` as `reader` reads its topic, keeping its origin when
+/// `keep_origin`; an invalid record is copied out (key and value, what the dead-letter topic takes).
+fn decode(reader: &Reader, topic: &str, partition: i32, record: Record<'_>, keep_origin: bool) -> Item {
+    let parsed = match reader.read(record.value, record.offset) {
         Read::Op(op, snapshot) => Ok((op, snapshot)),
         Read::Skipped(why) => {
-            debug!(offset = message.offset(), "passing over a {why} record");
-            return Item::Skipped(message.offset());
+            debug!(offset = record.offset, "passing over a {why} record");
+            return Item::Skipped(record.offset);
         }
         Read::Invalid(reason) => Err(reason),
     };
     // The producer's origin headers; a record with broken ones is invalid like a broken value.
-    let origin = match message.headers() {
-        None => Ok(None),
-        Some(headers) if keep_origin => Origin::from_headers(headers.iter().map(|h| (h.key, h.value))),
-        Some(headers) => Origin::check_headers(headers.iter().map(|h| (h.key, h.value))).map(|()| None),
+    let origin = match record.has_headers() {
+        false => Ok(None),
+        true if keep_origin => Origin::from_headers(record.headers()),
+        true => Origin::check_headers(record.headers()).map(|()| None),
     };
     match (parsed, origin) {
         (Ok((op, in_value)), Ok(origin)) => {
-            let snapshot = message
-                .headers()
-                .and_then(|h| SnapshotKind::from_headers(h.iter().map(|h| (h.key, h.value))))
-                .or(in_value);
-            Item::Op(message.offset(), op, origin, snapshot)
+            let snapshot = SnapshotKind::from_headers(record.headers()).or(in_value);
+            Item::Op(record.offset, op, origin, snapshot)
         }
-        (Err(reason), _) | (_, Err(reason)) => Item::Invalid(message.detach(), reason),
+        (Err(reason), _) | (_, Err(reason)) => {
+            let copy = OwnedMessage::new(
+                record.value.map(<[u8]>::to_vec),
+                record.key.map(<[u8]>::to_vec),
+                topic.to_owned(),
+                Timestamp::NotAvailable,
+                partition,
+                record.offset,
+                None,
+            );
+            Item::Invalid(copy, reason)
+        }
     }
 }

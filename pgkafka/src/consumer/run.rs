@@ -111,7 +111,7 @@ impl Assignment {
         self.partitions.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Decodes a record and holds it in its partition until [`Assignment::flush`].
+    /// Copies a record into its partition's burst until [`Assignment::flush`].
     fn dispatch(&self, message: &BorrowedMessage<'_>) {
         let (p, offset) = (message.partition(), message.offset());
         let mut partitions = self.lock();
@@ -119,7 +119,7 @@ impl Assignment {
             debug!(topic = message.topic(), partition = p, offset, "record of a partition not assigned to us; dropped");
             return;
         };
-        match partition.dispatch(&self.context, message) {
+        match partition.dispatch(message) {
             Dispatched::Held => {}
             Dispatched::Duplicate => {
                 debug!(topic = partition.topic(), partition = p, offset, "record delivered twice by librdkafka; dropped");
