@@ -12,7 +12,7 @@ use futures::StreamExt as _;
 use pgkafka_common::ident::{qualified, quote_ident, table_name};
 use tokio_postgres::Client;
 
-use super::copy_text::CopyTextRows;
+use super::copy_text::{CopyTextRows, TextRow};
 use crate::producer::encode::ColumnType;
 
 /// A primary-key column: its name and its SQL type as `format_type` writes it.
@@ -247,6 +247,20 @@ impl ChunkReader {
     /// # Errors
     /// A message naming the table and the key, on a database error or a row that cannot be read.
     pub(crate) async fn read(&self, client: &Client, after: Option<&[String]>) -> Result<Chunk, String> {
+        self.read_reusing(client, after, Vec::new()).await
+    }
+
+    /// Like [`read`](Self::read), writing the rows over `spare` (the rows of a chunk already
+    /// sent) so that a steady snapshot allocates no strings per value.
+    ///
+    /// # Errors
+    /// As [`read`](Self::read).
+    pub(crate) async fn read_reusing(
+        &self,
+        client: &Client,
+        after: Option<&[String]>,
+        spare: Vec<TextRow>,
+    ) -> Result<Chunk, String> {
         if let Some(key) = after {
             if key.len() != self.query.key_len() {
                 return Err(format!(
@@ -261,7 +275,7 @@ impl ChunkReader {
         let sql = self.query.copy_sql(after, self.limit);
         let stream = client.copy_out(sql.as_str()).await.map_err(|e| failed(e.to_string()))?;
         let mut stream = std::pin::pin!(stream);
-        let mut parser = CopyTextRows::new(self.query.width());
+        let mut parser = CopyTextRows::reusing(self.query.width(), spare);
         let mut rows = Vec::with_capacity(self.limit.min(16_384));
         while let Some(data) = stream.next().await {
             let data = data.map_err(|e| failed(e.to_string()))?;

@@ -15,12 +15,15 @@ pub(crate) struct CopyTextRows {
     width: usize,
     /// The start of a row whose end has not come yet.
     partial: Vec<u8>,
+    /// Rows already read and sent, whose strings are written over rather than allocated anew.
+    spare: Vec<TextRow>,
 }
 
 impl CopyTextRows {
-    /// A parser of rows of `width` values.
-    pub(crate) fn new(width: usize) -> Self {
-        Self { width, partial: Vec::new() }
+    /// A parser of rows of `width` values that fills the rows of `spare` (their strings keep
+    /// their capacity) before it allocates new ones.
+    pub(crate) fn reusing(width: usize, spare: Vec<TextRow>) -> Self {
+        Self { width, partial: Vec::new(), spare }
     }
 
     /// Parses the rows `data` completes, appending them to `rows`.
@@ -36,13 +39,17 @@ impl CopyTextRows {
             };
             let (head, tail) = rest.split_at(end);
             self.partial.extend_from_slice(head);
-            rows.push(parse_row(&self.partial, self.width)?);
+            let mut row = self.spare.pop().unwrap_or_default();
+            parse_row(&self.partial, self.width, &mut row)?;
+            rows.push(row);
             self.partial.clear();
             rest = tail.get(1..).unwrap_or_default();
         }
         while let Some(end) = rest.iter().position(|&b| b == b'\n') {
             let (line, tail) = rest.split_at(end);
-            rows.push(parse_row(line, self.width)?);
+            let mut row = self.spare.pop().unwrap_or_default();
+            parse_row(line, self.width, &mut row)?;
+            rows.push(row);
             rest = tail.get(1..).unwrap_or_default();
         }
         self.partial.extend_from_slice(rest);
@@ -62,25 +69,44 @@ impl CopyTextRows {
     }
 }
 
-/// One line (without its line end) as `width` values.
-fn parse_row(line: &[u8], width: usize) -> Result<TextRow, String> {
-    let mut row = Vec::with_capacity(width);
+/// One line (without its line end) as `width` values, written over `row`'s.
+fn parse_row(line: &[u8], width: usize, row: &mut TextRow) -> Result<(), String> {
+    let mut count = 0;
     for field in line.split(|&b| b == b'\t') {
-        row.push(parse_value(field)?);
+        match row.get_mut(count) {
+            Some(value) => parse_value(field, value)?,
+            None => {
+                let mut value = None;
+                parse_value(field, &mut value)?;
+                row.push(value);
+            }
+        }
+        count += 1;
     }
-    if row.len() != width {
-        return Err(format!("a COPY row has {} values where {width} were selected", row.len()));
+    row.truncate(count);
+    if count != width {
+        return Err(format!("a COPY row has {count} values where {width} were selected"));
     }
-    Ok(row)
+    Ok(())
 }
 
-/// One value: `\N` is NULL, escapes are undone.
-fn parse_value(field: &[u8]) -> Result<Option<String>, String> {
+/// One value into `value`: `\N` is NULL, escapes are undone. A string already there is
+/// reused.
+fn parse_value(field: &[u8], value: &mut Option<String>) -> Result<(), String> {
     if field == b"\\N" {
-        return Ok(None);
+        *value = None;
+        return Ok(());
     }
-    let bytes = if field.contains(&b'\\') { unescape(field) } else { field.to_vec() };
-    String::from_utf8(bytes).map(Some).map_err(|e| format!("a COPY value is not UTF-8: {e}"))
+    let text = value.get_or_insert_with(String::new);
+    text.clear();
+    if !field.contains(&b'\\') {
+        let field = std::str::from_utf8(field).map_err(|e| format!("a COPY value is not UTF-8: {e}"))?;
+        text.push_str(field);
+        return Ok(());
+    }
+    let unescaped = String::from_utf8(unescape(field)).map_err(|e| format!("a COPY value is not UTF-8: {e}"))?;
+    text.push_str(&unescaped);
+    Ok(())
 }
 
 fn unescape(field: &[u8]) -> Vec<u8> {
@@ -168,7 +194,7 @@ mod tests {
     }
 
     fn parse(data: &[&[u8]], width: usize) -> Result<Vec<TextRow>, String> {
-        let mut parser = CopyTextRows::new(width);
+        let mut parser = CopyTextRows::reusing(width, Vec::new());
         let mut rows = Vec::new();
         for piece in data {
             parser.push(piece, &mut rows)?;
@@ -202,6 +228,24 @@ mod tests {
         assert!(parse(&[b"\xff\n"], 1).unwrap_err().contains("not UTF-8"));
         assert!(parse(&[b"1\n2"], 1).unwrap_err().contains("ended inside a row"));
         assert_eq!(parse(&[], 1).unwrap(), Vec::<TextRow>::new());
+    }
+
+    #[test]
+    fn spare_rows_are_written_over_whatever_they_held() {
+        let spare = vec![vec![Some("old value".to_owned()), None, Some("x".into()), Some("extra".into())], vec![]];
+        let mut parser = CopyTextRows::reusing(3, spare);
+        let mut rows = Vec::new();
+        parser.push(b"a\t\\N\tb\\tc\n1\t2\t3\n\\N\t\t\\N\n", &mut rows).unwrap();
+        parser.finish().unwrap();
+        assert_eq!(
+            rows,
+            vec![
+                vec![Some("a".into()), None, Some("b\tc".into())],
+                vec![Some("1".into()), Some("2".into()), Some("3".into())],
+                vec![None, Some(String::new()), None],
+            ]
+        );
+        assert!(rows.iter().any(|row| row.first().and_then(Option::as_ref).is_some_and(|v| v.capacity() >= 9)));
     }
 
     proptest! {
