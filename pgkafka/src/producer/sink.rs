@@ -319,7 +319,8 @@ impl Sink {
         }
         // Counted before sending: the delivery report may arrive before `send` returns.
         self.shared.watermark().sent(tx);
-        let mut warned = Instant::now();
+        // Read the clock only once the queue is full: this runs for every record.
+        let mut warned: Option<Instant> = None;
         loop {
             match self.producer.send(base) {
                 Ok(()) => return Ok(true),
@@ -327,9 +328,10 @@ impl Sink {
                     // librdkafka's own queue is full (its limits are below our window): give its
                     // background thread a moment to move messages out.
                     base = returned;
-                    if warned.elapsed() > Duration::from_secs(30) {
+                    let since = *warned.get_or_insert_with(Instant::now);
+                    if since.elapsed() > Duration::from_secs(30) {
                         tracing::warn!(topic = %record.topic, "librdkafka's queue has been full for 30 s");
-                        warned = Instant::now();
+                        warned = Some(Instant::now());
                     }
                     tokio::select! {
                         () = shutdown.cancelled() => {

@@ -2,15 +2,17 @@
 //! ([`TableQuery`]) and the I/O [`ChunkReader`] that runs it on a client whose transaction the
 //! caller opened (for a snapshot: `REPEATABLE READ` with an imported snapshot).
 //!
-//! Values come back in the text form pgoutput sends (each type's output function, through
-//! `format('%s', ..)`; a plain `::text` cast differs for some types, e.g. `boolean`), NULL as
-//! `None`. The last key is bound as text parameters and cast to the key columns' types, never
-//! spliced into the SQL.
+//! A chunk is read as `COPY (SELECT ..) TO STDOUT` in the text format: the server writes each
+//! value with its type's output function, the text form pgoutput sends, and does no more work
+//! per value than that (a `SELECT` returning the same text costs it a cast or `format()` per
+//! value, and the client a second decoding). COPY takes no parameters, so the last key is
+//! written into the SQL as quoted literals ([`quote_literal`]) cast to the key columns' types.
 
+use futures::StreamExt as _;
 use pgkafka_common::ident::{qualified, quote_ident, table_name};
-use tokio_postgres::types::ToSql;
-use tokio_postgres::{Client, Statement};
+use tokio_postgres::Client;
 
+use super::copy_text::{CopyTextRows, TextRow};
 use crate::producer::encode::ColumnType;
 
 /// A primary-key column: its name and its SQL type as `format_type` writes it.
@@ -27,6 +29,27 @@ pub(crate) struct TableQuery {
     table: String,
     columns: Vec<String>,
     key: Vec<KeyColumn>,
+    /// Where each key column is in a selected row: among `columns`, or selected after them.
+    key_positions: Vec<usize>,
+}
+
+/// `value` as a string literal PostgreSQL reads back as `value`, whatever
+/// `standard_conforming_strings` says: PostgreSQL's own `quote_literal` (quotes and
+/// backslashes doubled, `E'..'` when there is a backslash).
+pub(crate) fn quote_literal(value: &str) -> String {
+    let mut quoted = String::with_capacity(value.len() + 3);
+    if value.contains('\\') {
+        quoted.push('E');
+    }
+    quoted.push('\'');
+    for c in value.chars() {
+        if c == '\'' || c == '\\' {
+            quoted.push(c);
+        }
+        quoted.push(c);
+    }
+    quoted.push('\'');
+    quoted
 }
 
 impl TableQuery {
@@ -47,7 +70,17 @@ impl TableQuery {
         if columns.is_empty() {
             return Err(format!("table {} has no columns to snapshot", table_name(schema, table)));
         }
-        Ok(Self { schema: schema.to_owned(), table: table.to_owned(), columns, key })
+        let mut extra = 0;
+        let key_positions = key
+            .iter()
+            .map(|k| {
+                columns.iter().position(|c| *c == k.name).unwrap_or_else(|| {
+                    extra += 1;
+                    columns.len() + extra - 1
+                })
+            })
+            .collect();
+        Ok(Self { schema: schema.to_owned(), table: table.to_owned(), columns, key, key_positions })
     }
 
     /// The records' `table_name` of the table.
@@ -65,17 +98,21 @@ impl TableQuery {
         self.key.len()
     }
 
-    /// One value in the type's output form, NULL kept NULL.
-    fn as_text(column: &str) -> String {
-        let column = quote_ident(column);
-        format!("CASE WHEN {column} IS NULL THEN NULL ELSE format('%s', {column}) END")
+    /// The key columns that are not among the record's columns, selected after them.
+    fn extra_key_columns(&self) -> impl Iterator<Item = &KeyColumn> {
+        self.key.iter().filter(|k| !self.columns.contains(&k.name))
+    }
+
+    /// How many values a selected row has.
+    fn width(&self) -> usize {
+        self.columns.len() + self.extra_key_columns().count()
     }
 
     fn select_list(&self) -> String {
         self.columns
             .iter()
-            .chain(self.key.iter().map(|k| &k.name))
-            .map(|c| Self::as_text(c))
+            .chain(self.extra_key_columns().map(|k| &k.name))
+            .map(|c| quote_ident(c))
             .collect::<Vec<_>>()
             .join(", ")
     }
@@ -84,33 +121,25 @@ impl TableQuery {
         self.key.iter().map(|k| quote_ident(&k.name)).collect::<Vec<_>>().join(", ")
     }
 
-    /// The first chunk: `$1` is the row limit.
-    pub(crate) fn first_sql(&self) -> String {
-        format!(
-            "SELECT {} FROM {} ORDER BY {} LIMIT $1",
-            self.select_list(),
-            qualified(&self.schema, &self.table),
-            self.order_by()
-        )
-    }
-
-    /// The chunk after a key: `$1..$n` are the last key's values as text, `$n+1` the row limit.
-    pub(crate) fn next_sql(&self) -> String {
-        let params = self
-            .key
-            .iter()
-            .enumerate()
-            .map(|(i, k)| format!("CAST(${}::text AS {})", i + 1, k.sql_type))
-            .collect::<Vec<_>>()
-            .join(", ");
-        format!(
-            "SELECT {} FROM {} WHERE ({}) > ({params}) ORDER BY {} LIMIT ${}",
-            self.select_list(),
-            qualified(&self.schema, &self.table),
-            self.order_by(),
-            self.order_by(),
-            self.key.len() + 1
-        )
+    /// The `COPY` of the (at most `limit`) rows after the key `after` (key order, as text; the
+    /// first rows for `None`). `after` has one value per key column (the caller checks).
+    pub(crate) fn copy_sql(&self, after: Option<&[String]>, limit: usize) -> String {
+        let table = qualified(&self.schema, &self.table);
+        let order_by = self.order_by();
+        let filter = match after {
+            None => String::new(),
+            Some(after) => {
+                let bounds = self
+                    .key
+                    .iter()
+                    .zip(after)
+                    .map(|(k, value)| format!("CAST({} AS {})", quote_literal(value), k.sql_type))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                format!(" WHERE ({order_by}) > ({bounds})")
+            }
+        };
+        format!("COPY (SELECT {} FROM {table}{filter} ORDER BY {order_by} LIMIT {limit}) TO STDOUT", self.select_list())
     }
 }
 
@@ -170,14 +199,12 @@ impl Chunk {
 #[derive(Debug)]
 pub(crate) struct ChunkReader {
     query: TableQuery,
-    first: Statement,
-    next: Statement,
     limit: usize,
 }
 
 impl ChunkReader {
-    /// Reads the columns and key types of `schema.table` and prepares its queries. `columns`
-    /// are the record's columns (the publication's column list, or every column).
+    /// Reads the key columns and their types of `schema.table`. `columns` are the record's
+    /// columns (the publication's column list, or every column).
     ///
     /// # Errors
     /// A message naming the table: no primary key, or a database error.
@@ -202,10 +229,7 @@ impl ChunkReader {
             .map_err(|e| format!("reading the primary key of table {name}: {e}"))?;
         let key = rows.iter().map(|row| KeyColumn { name: row.get(0), sql_type: row.get(1) }).collect();
         let query = TableQuery::new(schema, table, columns, key)?;
-        let failed = |e: tokio_postgres::Error| format!("preparing the snapshot query of table {name}: {e}");
-        let first = client.prepare(&query.first_sql()).await.map_err(failed)?;
-        let next = client.prepare(&query.next_sql()).await.map_err(failed)?;
-        Ok(Self { query, first, next, limit: limit.max(1) })
+        Ok(Self { query, limit: limit.max(1) })
     }
 
     /// The table's queries.
@@ -221,35 +245,57 @@ impl ChunkReader {
     /// The chunk after `after` (the last key read), or the first chunk for `None`.
     ///
     /// # Errors
-    /// A message naming the table and the key, on a database error.
+    /// A message naming the table and the key, on a database error or a row that cannot be read.
     pub(crate) async fn read(&self, client: &Client, after: Option<&[String]>) -> Result<Chunk, String> {
-        let limit = i64::try_from(self.limit).unwrap_or(i64::MAX);
-        let rows = match after {
-            None => client.query(&self.first, &[&limit]).await,
-            Some(key) => {
-                if key.len() != self.query.key_len() {
-                    return Err(format!(
-                        "table {}: a resume key has {} values but the primary key has {} columns",
-                        self.query.table_name(),
-                        key.len(),
-                        self.query.key_len()
-                    ));
-                }
-                let mut params: Vec<&(dyn ToSql + Sync)> = key.iter().map(|v| v as &(dyn ToSql + Sync)).collect();
-                params.push(&limit);
-                client.query(&self.next, &params).await
+        self.read_reusing(client, after, Vec::new()).await
+    }
+
+    /// Like [`read`](Self::read), writing the rows over `spare` (the rows of a chunk already
+    /// sent) so that a steady snapshot allocates no strings per value.
+    ///
+    /// # Errors
+    /// As [`read`](Self::read).
+    pub(crate) async fn read_reusing(
+        &self,
+        client: &Client,
+        after: Option<&[String]>,
+        spare: Vec<TextRow>,
+    ) -> Result<Chunk, String> {
+        if let Some(key) = after {
+            if key.len() != self.query.key_len() {
+                return Err(format!(
+                    "table {}: a resume key has {} values but the primary key has {} columns",
+                    self.query.table_name(),
+                    key.len(),
+                    self.query.key_len()
+                ));
             }
         }
-        .map_err(|e| format!("reading table {} after key {after:?}: {e}", self.query.table_name()))?;
-        let width = self.query.columns.len();
-        let mut chunk = Chunk { rows: Vec::with_capacity(rows.len()), last_key: None };
-        for row in &rows {
-            let mut values: Vec<Option<String>> = (0..row.len()).map(|i| row.get(i)).collect();
-            let key = values.split_off(width.min(values.len()));
-            chunk.last_key = Some(key.into_iter().map(Option::unwrap_or_default).collect());
-            chunk.rows.push(values);
+        let failed = |e: String| format!("reading table {} after key {after:?}: {e}", self.query.table_name());
+        let sql = self.query.copy_sql(after, self.limit);
+        let stream = client.copy_out(sql.as_str()).await.map_err(|e| failed(e.to_string()))?;
+        let mut stream = std::pin::pin!(stream);
+        let mut parser = CopyTextRows::reusing(self.query.width(), spare);
+        let mut rows = Vec::with_capacity(self.limit.min(16_384));
+        while let Some(data) = stream.next().await {
+            let data = data.map_err(|e| failed(e.to_string()))?;
+            parser.push(&data, &mut rows).map_err(failed)?;
         }
-        Ok(chunk)
+        parser.finish().map_err(failed)?;
+        let last_key = rows.last().map(|row| {
+            self.query
+                .key_positions
+                .iter()
+                .map(|&i| row.get(i).cloned().flatten().unwrap_or_default())
+                .collect()
+        });
+        let width = self.query.columns.len();
+        if self.query.width() > width {
+            for row in &mut rows {
+                row.truncate(width);
+            }
+        }
+        Ok(Chunk { rows, last_key })
     }
 }
 
@@ -263,7 +309,7 @@ mod tests {
     }
 
     #[test]
-    fn a_composite_key_pages_by_row_comparison_with_bound_casts() {
+    fn a_composite_key_pages_by_row_comparison_with_quoted_literals() {
         let query = TableQuery::new(
             "public",
             "orders",
@@ -272,26 +318,44 @@ mod tests {
         )
         .unwrap();
         assert_eq!(
-            query.next_sql(),
-            "SELECT CASE WHEN \"org\" IS NULL THEN NULL ELSE format('%s', \"org\") END, \
-             CASE WHEN \"id\" IS NULL THEN NULL ELSE format('%s', \"id\") END, \
-             CASE WHEN \"note\" IS NULL THEN NULL ELSE format('%s', \"note\") END, \
-             CASE WHEN \"org\" IS NULL THEN NULL ELSE format('%s', \"org\") END, \
-             CASE WHEN \"id\" IS NULL THEN NULL ELSE format('%s', \"id\") END \
-             FROM \"public\".\"orders\" WHERE (\"org\", \"id\") > (CAST($1::text AS integer), CAST($2::text AS bigint)) \
-             ORDER BY \"org\", \"id\" LIMIT $3"
+            query.copy_sql(Some(&["7".into(), "12".into()]), 500),
+            "COPY (SELECT \"org\", \"id\", \"note\" FROM \"public\".\"orders\" \
+             WHERE (\"org\", \"id\") > (CAST('7' AS integer), CAST('12' AS bigint)) \
+             ORDER BY \"org\", \"id\" LIMIT 500) TO STDOUT"
         );
-        assert!(query.first_sql().ends_with("FROM \"public\".\"orders\" ORDER BY \"org\", \"id\" LIMIT $1"));
+        assert_eq!(
+            query.copy_sql(None, 10),
+            "COPY (SELECT \"org\", \"id\", \"note\" FROM \"public\".\"orders\" ORDER BY \"org\", \"id\" LIMIT 10) TO STDOUT"
+        );
+        assert_eq!((query.key_positions.clone(), query.width()), (vec![0, 1], 3));
         assert_eq!(query.table_name(), "orders");
+    }
+
+    #[test]
+    fn key_columns_outside_the_record_columns_are_selected_after_them() {
+        let query =
+            TableQuery::new("public", "t", vec!["b".into(), "a".into()], vec![key("k", "uuid"), key("a", "text")]).unwrap();
+        let sql = query.copy_sql(None, 1);
+        assert!(sql.starts_with("COPY (SELECT \"b\", \"a\", \"k\" FROM"), "{sql}");
+        assert_eq!((query.key_positions.clone(), query.width()), (vec![2, 1], 3));
     }
 
     #[test]
     fn identifiers_are_quoted_and_schemas_qualified() {
         let query = TableQuery::new("Sales", "odd\"name", vec!["select".into()], vec![key("select", "text")]).unwrap();
         assert_eq!(query.table_name(), "Sales.odd\"name");
-        let sql = query.next_sql();
-        assert!(sql.contains("FROM \"Sales\".\"odd\"\"name\" WHERE (\"select\") > (CAST($1::text AS text))"), "{sql}");
-        assert!(sql.ends_with("ORDER BY \"select\" LIMIT $2"), "{sql}");
+        let sql = query.copy_sql(Some(&["it's".into()]), 2);
+        assert!(sql.contains("FROM \"Sales\".\"odd\"\"name\" WHERE (\"select\") > (CAST('it''s' AS text))"), "{sql}");
+        assert!(sql.ends_with("ORDER BY \"select\" LIMIT 2) TO STDOUT"), "{sql}");
+    }
+
+    #[test]
+    fn literals_are_quoted_as_postgresql_quotes_them() {
+        assert_eq!(quote_literal("plain"), "'plain'");
+        assert_eq!(quote_literal(""), "''");
+        assert_eq!(quote_literal("it's"), "'it''s'");
+        assert_eq!(quote_literal(r"a\b'c"), r"E'a\\b''c'");
+        assert_eq!(quote_literal("'; DROP TABLE t; --"), "'''; DROP TABLE t; --'");
     }
 
     #[test]

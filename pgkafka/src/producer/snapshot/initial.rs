@@ -16,6 +16,7 @@
 //! last acknowledged one) at `P`, and streams on. Every key's records thus stay in WAL order.
 
 use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
 
 use pgkafka_common::headers;
 use pgkafka_common::Lsn;
@@ -27,6 +28,7 @@ use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 
 use super::chunk::{published_columns, Chunk, ChunkReader};
+use super::copy_text::TextRow;
 use super::control::{ControlTable, Run, RunKind, RunState};
 use super::{Settings, SnapshotMode};
 use crate::producer::catalog::{Catalog, Publication};
@@ -264,13 +266,18 @@ impl Prepared {
 
         // Readers read ahead at most one chunk each; memory stays bounded by the Kafka window.
         let (chunks_tx, mut chunks_rx) = mpsc::channel::<Read>(reader_count);
+        // The rows of chunks already sent, at most one per reader, which readers fill again:
+        // their strings are allocated once, not per value.
+        let spent = Arc::new(Mutex::new(Vec::<Vec<TextRow>>::with_capacity(reader_count)));
         let mut tasks = JoinSet::new();
         for (client, work) in readers.into_iter().zip(readers_of) {
             let chunks_tx = chunks_tx.clone();
+            let spent = Arc::clone(&spent);
             tasks.spawn(async move {
                 for (index, reader, mut after) in work {
                     loop {
-                        let chunk = reader.read(&client, after.as_deref()).await;
+                        let spare = spent.lock().unwrap_or_else(std::sync::PoisonError::into_inner).pop().unwrap_or_default();
+                        let chunk = reader.read_reusing(&client, after.as_deref(), spare).await;
                         let last = chunk.as_ref().map_or(true, |c| c.is_last(reader.limit()));
                         after = chunk.as_ref().ok().and_then(|c| c.last_key.clone()).or(after);
                         let failed = chunk.is_err();
@@ -339,8 +346,14 @@ impl Prepared {
                     unread = unread.saturating_sub(1);
                 }
                 table.sent_rows += rows as u64;
-                let last_key = chunk.last_key.clone().or_else(|| table.run.last_key.clone()).unwrap_or_default();
+                let last_key = chunk.last_key.or_else(|| table.run.last_key.clone()).unwrap_or_default();
                 waiting.push_back(Sent { tx, index, last_key, rows: i64::try_from(rows).unwrap_or(i64::MAX), last });
+                {
+                    let mut spare = spent.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                    if spare.len() < reader_count {
+                        spare.push(chunk.rows);
+                    }
+                }
             }
             // Record what Kafka has acknowledged; at a table's end, or once everything is
             // read, wait for it.

@@ -1,13 +1,15 @@
 //! Snapshots of published tables into their topics: the settings, reading tables in key order
-//! ([`chunk`]), the durable progress and signal table ([`control`]), the initial snapshot
-//! taken when the producer creates its slot ([`initial`]), and on-demand backfills while
-//! streaming ([`backfill`], consistent with the stream through the DBLog [`window`]).
+//! ([`chunk`], parsing `COPY`'s text rows in [`copy_text`]), the durable progress and signal
+//! table ([`control`]), the initial snapshot taken when the producer creates its slot
+//! ([`initial`]), and on-demand backfills while streaming ([`backfill`], consistent with the
+//! stream through the DBLog [`window`]).
 
 pub(crate) mod backfill;
 #[allow(dead_code)] // Parts are used by the backfill only.
 pub(crate) mod chunk;
 #[allow(dead_code)] // Parts are used by the backfill only.
 pub(crate) mod control;
+mod copy_text;
 pub(crate) mod initial;
 pub(crate) mod window;
 
