@@ -5,8 +5,9 @@
 //! A chunk is read as `COPY (SELECT ..) TO STDOUT` in the text format: the server writes each
 //! value with its type's output function, the text form pgoutput sends, and does no more work
 //! per value than that (a `SELECT` returning the same text costs it a cast or `format()` per
-//! value, and the client a second decoding). COPY takes no parameters, so the last key is
-//! written into the SQL as quoted literals ([`quote_literal`]) cast to the key columns' types.
+//! value, and the client a second decoding). COPY takes no parameters, so the last key is bound
+//! to session settings first (`set_config($1, $2, false)`, parameterised) and the COPY reads them
+//! back with `current_setting`, cast to the key columns' types: no value is spliced into SQL.
 
 use futures::StreamExt as _;
 use pgkafka_common::ident::{qualified, quote_ident, table_name};
@@ -33,23 +34,10 @@ pub(crate) struct TableQuery {
     key_positions: Vec<usize>,
 }
 
-/// `value` as a string literal PostgreSQL reads back as `value`, whatever
-/// `standard_conforming_strings` says: PostgreSQL's own `quote_literal` (quotes and
-/// backslashes doubled, `E'..'` when there is a backslash).
-pub(crate) fn quote_literal(value: &str) -> String {
-    let mut quoted = String::with_capacity(value.len() + 3);
-    if value.contains('\\') {
-        quoted.push('E');
-    }
-    quoted.push('\'');
-    for c in value.chars() {
-        if c == '\'' || c == '\\' {
-            quoted.push(c);
-        }
-        quoted.push(c);
-    }
-    quoted.push('\'');
-    quoted
+/// The session setting that holds the value of key column `index` of the last key read: a
+/// placeholder setting under the `pgkafka` prefix, private to the reading connection.
+fn after_setting(index: usize) -> String {
+    format!("pgkafka.snapshot_after_{index}")
 }
 
 impl TableQuery {
@@ -133,7 +121,8 @@ impl TableQuery {
                     .key
                     .iter()
                     .zip(after)
-                    .map(|(k, value)| format!("CAST({} AS {})", quote_literal(value), k.sql_type))
+                    .enumerate()
+                    .map(|(i, (k, _))| format!("CAST(current_setting('{}') AS {})", after_setting(i), k.sql_type))
                     .collect::<Vec<_>>()
                     .join(", ");
                 format!(" WHERE ({order_by}) > ({bounds})")
@@ -272,6 +261,19 @@ impl ChunkReader {
             }
         }
         let failed = |e: String| format!("reading table {} after key {after:?}: {e}", self.query.table_name());
+        if let Some(key) = after {
+            // Session settings, not transaction-local ones: they hold whether or not the caller
+            // opened a transaction, and every read sets them again before its COPY.
+            let calls: Vec<String> =
+                (0..key.len()).map(|i| format!("set_config(${}, ${}, false)", 2 * i + 1, 2 * i + 2)).collect();
+            let names: Vec<String> = (0..key.len()).map(after_setting).collect();
+            let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = names
+                .iter()
+                .zip(key)
+                .flat_map(|(name, value)| [name as &(dyn tokio_postgres::types::ToSql + Sync), value as _])
+                .collect();
+            client.execute(&format!("SELECT {}", calls.join(", ")), &params).await.map_err(|e| failed(e.to_string()))?;
+        }
         let sql = self.query.copy_sql(after, self.limit);
         let stream = client.copy_out(sql.as_str()).await.map_err(|e| failed(e.to_string()))?;
         let mut stream = std::pin::pin!(stream);
@@ -309,7 +311,7 @@ mod tests {
     }
 
     #[test]
-    fn a_composite_key_pages_by_row_comparison_with_quoted_literals() {
+    fn a_composite_key_pages_by_row_comparison_with_the_last_key_from_session_settings() {
         let query = TableQuery::new(
             "public",
             "orders",
@@ -320,7 +322,8 @@ mod tests {
         assert_eq!(
             query.copy_sql(Some(&["7".into(), "12".into()]), 500),
             "COPY (SELECT \"org\", \"id\", \"note\" FROM \"public\".\"orders\" \
-             WHERE (\"org\", \"id\") > (CAST('7' AS integer), CAST('12' AS bigint)) \
+             WHERE (\"org\", \"id\") > (CAST(current_setting('pgkafka.snapshot_after_0') AS integer), \
+             CAST(current_setting('pgkafka.snapshot_after_1') AS bigint)) \
              ORDER BY \"org\", \"id\" LIMIT 500) TO STDOUT"
         );
         assert_eq!(
@@ -345,17 +348,13 @@ mod tests {
         let query = TableQuery::new("Sales", "odd\"name", vec!["select".into()], vec![key("select", "text")]).unwrap();
         assert_eq!(query.table_name(), "Sales.odd\"name");
         let sql = query.copy_sql(Some(&["it's".into()]), 2);
-        assert!(sql.contains("FROM \"Sales\".\"odd\"\"name\" WHERE (\"select\") > (CAST('it''s' AS text))"), "{sql}");
+        assert!(
+            sql.contains("WHERE (\"select\") > (CAST(current_setting('pgkafka.snapshot_after_0') AS text))"),
+            "{sql}"
+        );
+        assert!(sql.contains("FROM \"Sales\".\"odd\"\"name\" WHERE"), "{sql}");
+        assert!(!sql.contains("it's"), "a key value was spliced into the SQL: {sql}");
         assert!(sql.ends_with("ORDER BY \"select\" LIMIT 2) TO STDOUT"), "{sql}");
-    }
-
-    #[test]
-    fn literals_are_quoted_as_postgresql_quotes_them() {
-        assert_eq!(quote_literal("plain"), "'plain'");
-        assert_eq!(quote_literal(""), "''");
-        assert_eq!(quote_literal("it's"), "'it''s'");
-        assert_eq!(quote_literal(r"a\b'c"), r"E'a\\b''c'");
-        assert_eq!(quote_literal("'; DROP TABLE t; --"), "'''; DROP TABLE t; --'");
     }
 
     #[test]
