@@ -42,7 +42,7 @@ use pgkafka::async_trait::async_trait;
 use pgkafka::rdkafka::config::ClientConfig;
 use pgkafka::rdkafka::consumer::{BaseConsumer, Consumer as _, StreamConsumer};
 use pgkafka::rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use pgkafka::rdkafka::message::Message as _;
+use pgkafka::rdkafka::message::{Message as _, OwnedHeaders};
 use pgkafka::rdkafka::producer::{BaseRecord, DeliveryResult, FutureProducer, FutureRecord, Producer as _, ProducerContext, ThreadedProducer};
 use pgkafka::rdkafka::{ClientContext, Offset, TopicPartitionList};
 use pgkafka::sqlx::postgres::PgPoolOptions;
@@ -330,14 +330,8 @@ fn write_producer_config(env: &Env, dir: &Path, slot: &str, publication: &str, t
     if let Some(window) = std::env::var("BENCH_MAX_IN_FLIGHT").ok().and_then(|v| v.parse::<u64>().ok()) {
         config["max_in_flight"] = json!(window);
     }
-    // librdkafka settings for the producer under test, `key=value,key=value`.
-    if let Ok(settings) = std::env::var("BENCH_PRODUCER_KAFKA") {
-        let kafka: serde_json::Map<String, Value> = settings
-            .split(',')
-            .filter_map(|kv| kv.split_once('='))
-            .map(|(k, v)| (k.trim().to_owned(), json!(v.trim())))
-            .collect();
-        config["kafka"] = Value::Object(kafka);
+    if let Some(kafka) = producer_kafka_overrides() {
+        config["kafka"] = kafka;
     }
     if debezium {
         // Debezium's defaults: Kafka Connect schemas in every record, tombstones.
@@ -346,6 +340,15 @@ fn write_producer_config(env: &Env, dir: &Path, slot: &str, publication: &str, t
     }
     std::fs::write(&path, serde_json::to_vec_pretty(&config).unwrap()).unwrap();
     path
+}
+
+/// `BENCH_PRODUCER_KAFKA` (`key=value,key=value`): librdkafka settings for every producer under
+/// test, streaming and snapshot runs alike.
+fn producer_kafka_overrides() -> Option<Value> {
+    let settings = std::env::var("BENCH_PRODUCER_KAFKA").ok()?;
+    Some(Value::Object(
+        settings.split(',').filter_map(|kv| kv.split_once('=')).map(|(k, v)| (k.trim().to_owned(), json!(v.trim()))).collect(),
+    ))
 }
 
 /// Adds librdkafka `settings` to the producer config file at `path`.
@@ -449,6 +452,10 @@ async fn run_snapshot_binary(env: &Env, dir: &Path, publication: &str, tables: &
         "snapshot": "initial_only",
         "snapshot_readers": readers,
     });
+    let mut body = body;
+    if let Some(kafka) = producer_kafka_overrides() {
+        body["kafka"] = kafka;
+    }
     std::fs::write(&config, serde_json::to_vec_pretty(&body).unwrap()).unwrap();
     let mut child = spawn_pgkafka(env, &config);
     let pid = child.id().unwrap();
@@ -551,9 +558,10 @@ impl ProducerContext for Acks {
 }
 
 /// Kafka's producer limit: `rows` records cycling through `sample` (the pgkafka producer's own
-/// keys and values), with the settings pgkafka pins, as fast as librdkafka takes them; msgs/s
-/// from the first send to the last acknowledgement.
-fn raw_producer(topic: &str, sample: &[(Vec<u8>, Vec<u8>)], rows: u64) -> f64 {
+/// keys and values, with its origin `headers` on each, as pgkafka sends them), with the settings
+/// pgkafka pins, as fast as librdkafka takes them; msgs/s from the first send to the last
+/// acknowledgement.
+fn raw_producer(topic: &str, sample: &[(Vec<u8>, Vec<u8>)], headers: &OwnedHeaders, rows: u64) -> f64 {
     let producer: ThreadedProducer<Acks> = kafka_brokers_config()
         .set("enable.idempotence", "true")
         .set("acks", "all")
@@ -568,7 +576,7 @@ fn raw_producer(topic: &str, sample: &[(Vec<u8>, Vec<u8>)], rows: u64) -> f64 {
     let started = Instant::now();
     for i in 0..rows as usize {
         let (key, value) = &sample[i % sample.len()];
-        let mut record = BaseRecord::to(topic).key(key).payload(value);
+        let mut record = BaseRecord::to(topic).key(key).payload(value).headers(headers.clone());
         loop {
             match producer.send(record) {
                 Ok(()) => break,
@@ -587,19 +595,26 @@ fn raw_producer(topic: &str, sample: &[(Vec<u8>, Vec<u8>)], rows: u64) -> f64 {
     rows as f64 / elapsed
 }
 
-/// The first 1,000 records of partition 0 of `topic`: (key, value).
-fn read_sample(topic: &str) -> Vec<(Vec<u8>, Vec<u8>)> {
+/// Records' (key, value) pairs, as the raw clients replay them.
+type Sample = Vec<(Vec<u8>, Vec<u8>)>;
+
+/// The first 1,000 records of partition 0 of `topic`: (key, value), and the origin headers they carry.
+fn read_sample(topic: &str) -> (Sample, OwnedHeaders) {
     let reader: BaseConsumer = kafka_brokers_config().set("group.id", unique_name("bench_sample")).create().unwrap();
     let mut tpl = TopicPartitionList::new();
     tpl.add_partition_offset(topic, 0, Offset::Beginning).unwrap();
     reader.assign(&tpl).unwrap();
-    let mut sample = Vec::new();
+    let (mut sample, mut headers) = (Vec::new(), OwnedHeaders::new());
     while sample.len() < 1000 {
         if let Some(Ok(m)) = reader.poll(Duration::from_secs(5)) {
+            if sample.is_empty() {
+                // The origin headers are the same on every record of one producer.
+                headers = m.headers().map(|h| h.detach()).unwrap_or_default();
+            }
             sample.push((m.key().unwrap_or_default().to_vec(), m.payload().unwrap_or_default().to_vec()));
         }
     }
-    sample
+    (sample, headers)
 }
 
 fn consumer_config(group: &str) -> ClientConfig {
@@ -1010,7 +1025,7 @@ async fn main() {
     eprintln!("bench: writing {} rows in transactions of {}", env.rows, env.rows_per_tx);
     let end_lsn = write_rows(&client, &table, env.rows, env.rows_per_tx).await;
 
-    let mut sample = Vec::new();
+    let (mut sample, mut sample_headers) = (Vec::new(), OwnedHeaders::new());
     let mut first_topic = String::new();
     // Without the producer section, one unmeasured producer run still fills the consumers' topic.
     let producer_rounds = if env.runs("producer") { rounds } else { 1 };
@@ -1050,7 +1065,7 @@ async fn main() {
             delete_topic(&linger_topic).await;
         }
         if round == 0 {
-            sample = read_sample(&topic);
+            (sample, sample_headers) = read_sample(&topic);
             first_topic = topic;
         } else {
             delete_topic(&topic).await;
@@ -1061,11 +1076,11 @@ async fn main() {
 
         let raw_topic = format!("{table}_raw{round}");
         create_topic(&raw_topic, env.partitions).await;
-        let (raw_sample, rows) = (sample.clone(), env.rows);
+        let (raw_sample, raw_headers, rows) = (sample.clone(), sample_headers.clone(), env.rows);
         let produced_to = raw_topic.clone();
         let cpu = CpuSample::now();
-        let rate = tokio::task::spawn_blocking(move || raw_producer(&produced_to, &raw_sample, rows)).await.unwrap();
-        results.add("rdkafka_producer", "Kafka limit: raw rdkafka producer, same records and pinned settings", "msgs/s", "limit", rate);
+        let rate = tokio::task::spawn_blocking(move || raw_producer(&produced_to, &raw_sample, &raw_headers, rows)).await.unwrap();
+        results.add("rdkafka_producer", "Kafka limit: raw rdkafka producer, same records (key, value, origin headers) and pinned settings", "msgs/s", "limit", rate);
         results.cpu("rdkafka_producer", &cpu);
         delete_topic(&raw_topic).await;
     }
