@@ -868,6 +868,7 @@ struct LatencyPipeline {
     counting: Arc<Counting>,
     raw: Arc<Counting>,
     next_id: i64,
+    topic: String,
 }
 
 /// Reads every partition of `topic` from its end with a plain rdkafka consumer (no group, no
@@ -901,6 +902,7 @@ impl LatencyPipeline {
             .await
             .unwrap();
         create_topic(&lat_topic, env.partitions).await;
+        let topic = lat_topic.clone();
         let mut topic_map = HashMap::new();
         topic_map.insert(lat.clone(), pgkafka::TopicInfo::new(&lat_topic, ["organization_id"]));
         // The producer's defaults (linger.ms=5): with linger.ms=0 librdkafka's broker thread
@@ -927,7 +929,7 @@ impl LatencyPipeline {
             .prepare(&format!("INSERT INTO {lat} VALUES ($1, $2, (extract(epoch from clock_timestamp()) * 1000000)::bigint)"))
             .await
             .unwrap();
-        let mut pipeline = Self { client, insert, counting, raw, next_id: 0 };
+        let mut pipeline = Self { client, insert, counting, raw, next_id: 0, topic };
         // Warm up until the group has joined and the producer streams.
         while pipeline.counting.seen() == 0 {
             pipeline.insert_one().await;
@@ -1160,13 +1162,16 @@ async fn main() {
     }
 
     // Latency from COMMIT to handle_message at steady rates of single-row transactions.
+    // Each run gets a pipeline (table, slot, topic, group) of its own: the local broker's cost per
+    // request grows with a topic's length (its CPU at a steady 200 tx/s went 0.50, 0.86, 1.33
+    // cores over three 15 s runs on one topic), which would make each round slower than the last.
     if env.runs("latency") {
-        let lat_slot = unique_name("bench_lat_slot");
-        let (mut pipeline, stops, tasks) = LatencyPipeline::start(&env, &lat_slot).await;
-        all_slots.names.push(lat_slot);
         for round in 0..rounds {
             for &tps in &env.latency_rates {
                 eprintln!("bench: latency round {}/{rounds} at {tps} transactions/s", round + 1);
+                let lat_slot = unique_name("bench_lat_slot");
+                let (mut pipeline, stops, tasks) = LatencyPipeline::start(&env, &lat_slot).await;
+                all_slots.names.push(lat_slot);
                 let cpu = CpuSample::now();
                 let (p50, p99, max, achieved, raw_p99) = pipeline.run(tps, env.latency_secs).await;
                 results.add(&format!("latency_{tps}_p50"), format!("COMMIT to handler at {tps} tx/s, p50"), "ms", "pgkafka", p50);
@@ -1181,13 +1186,14 @@ async fn main() {
                 );
                 results.add(&format!("latency_{tps}_achieved"), format!("transactions written, aiming at {tps} tx/s"), "tx/s", "reference", achieved);
                 results.cpu(&format!("latency_{tps}_p99"), &cpu);
+                for stop in stops {
+                    stop();
+                }
+                for task in tasks {
+                    let _ = task.await;
+                }
+                delete_topic(&pipeline.topic).await;
             }
-        }
-        for stop in stops {
-            stop();
-        }
-        for task in tasks {
-            let _ = task.await;
         }
     }
 
