@@ -93,3 +93,47 @@ pub fn restart_postgres() {
         String::from_utf8_lossy(&output.stderr)
     );
 }
+
+/// Server-wide settings changed with `ALTER SYSTEM` for one test; dropping the guard (also on
+/// panic) resets them. Only for tests that hold [`exclusive_services`]: every session sees them.
+#[derive(Debug)]
+pub struct SystemSettings {
+    names: Vec<&'static str>,
+}
+
+impl SystemSettings {
+    /// Sets each `(name, value)` and reloads the configuration. Names and values are the test's
+    /// own constants.
+    pub async fn set(pg: &tokio_postgres::Client, settings: &[(&'static str, &str)]) -> Self {
+        // The guard first, so that a failure half-way still resets what was set.
+        let guard = Self { names: settings.iter().map(|(name, _)| *name).collect() };
+        for (name, value) in settings {
+            // ALTER SYSTEM may not share a (multi-statement, so implicit) transaction.
+            pg.batch_execute(&format!("ALTER SYSTEM SET {name} = '{value}'")).await.unwrap();
+        }
+        pg.batch_execute("SELECT pg_reload_conf()").await.unwrap();
+        guard
+    }
+}
+
+impl Drop for SystemSettings {
+    fn drop(&mut self) {
+        // Drop cannot await, and may run while the test's runtime unwinds: reset on a thread of its own.
+        let (url, names) = (env().database_url.clone(), self.names.clone());
+        let reset = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
+            runtime.block_on(async move {
+                let pg = crate::pg_client_for(&url).await;
+                for name in &names {
+                    pg.batch_execute(&format!("ALTER SYSTEM RESET {name}")).await?;
+                }
+                pg.batch_execute("SELECT pg_reload_conf()").await
+            })
+        });
+        match reset.join() {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => eprintln!("could not reset {:?}: {error}", self.names),
+            Err(_) => eprintln!("could not reset {:?}: the resetting thread panicked", self.names),
+        }
+    }
+}

@@ -9,47 +9,12 @@
 use std::time::Duration;
 
 use pgkafka::Op;
-use pgkafka_tests::disrupt::exclusive_services;
+use pgkafka_tests::disrupt::{exclusive_services, SystemSettings};
 use pgkafka_tests::producer_task::RunningProducer;
-use pgkafka_tests::{env, pg_client, pg_client_for, wait_for};
+use pgkafka_tests::{pg_client, wait_for};
 
 use crate::producer::backfill::{fold, table_rows};
 use crate::producer::{Scenario, Table};
-
-/// A standby that never answers, for the one session that waits for it.
-struct AbsentStandby;
-
-impl AbsentStandby {
-    async fn set(pg: &tokio_postgres::Client) -> Self {
-        let guard = Self;
-        // ALTER SYSTEM may not share a (multi-statement, so implicit) transaction.
-        pg.batch_execute("ALTER SYSTEM SET synchronous_standby_names = 'pgkafka_absent_standby'").await.unwrap();
-        pg.batch_execute("ALTER SYSTEM SET synchronous_commit = 'local'").await.unwrap();
-        pg.batch_execute("SELECT pg_reload_conf()").await.unwrap();
-        guard
-    }
-}
-
-impl Drop for AbsentStandby {
-    fn drop(&mut self) {
-        // Drop cannot await, and may run while the test's runtime unwinds: reset on a thread of its own.
-        let url = env().database_url.clone();
-        let reset = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
-            runtime.block_on(async move {
-                let pg = pg_client_for(&url).await;
-                pg.batch_execute("ALTER SYSTEM RESET synchronous_standby_names").await?;
-                pg.batch_execute("ALTER SYSTEM RESET synchronous_commit").await?;
-                pg.batch_execute("SELECT pg_reload_conf()").await
-            })
-        });
-        match reset.join() {
-            Ok(Ok(())) => {}
-            Ok(Err(error)) => eprintln!("could not reset synchronous_standby_names: {error}"),
-            Err(_) => eprintln!("could not reset synchronous_standby_names: the resetting thread panicked"),
-        }
-    }
-}
 
 /// An update of row 7 commits while its session waits for a synchronous standby that never
 /// answers: the slot streams it (ver 1), but no snapshot sees it yet. A backfill of the table is
@@ -81,7 +46,12 @@ async fn a_backfill_does_not_publish_a_row_older_than_a_commit_a_standby_still_h
     let control = sc.producer();
     let topic = sc.topics[0].clone();
 
-    let _standby = AbsentStandby::set(&sc.pg).await;
+    // A standby that never answers, waited for by the one session that asks to.
+    let _standby = SystemSettings::set(
+        &sc.pg,
+        &[("synchronous_standby_names", "pgkafka_absent_standby"), ("synchronous_commit", "local")],
+    )
+    .await;
     let holder = pg_client().await;
     holder.batch_execute("SET synchronous_commit = on").await.unwrap();
     let holder_pid: i32 = holder.query_one("SELECT pg_backend_pid()", &[]).await.unwrap().get(0);

@@ -9,45 +9,11 @@
 use std::time::{Duration, Instant};
 
 use pgkafka::ProducerError;
-use pgkafka_tests::disrupt::exclusive_services;
+use pgkafka_tests::disrupt::{exclusive_services, SystemSettings};
 use pgkafka_tests::producer_task::RunningProducer;
-use pgkafka_tests::{env, pg_client_for, wait_for};
+use pgkafka_tests::wait_for;
 
 use crate::producer::{id_table, Scenario};
-
-/// `max_slot_wal_keep_size` lowered for the test; dropping it (also on panic) resets the setting.
-struct TinyWalKeep;
-
-impl TinyWalKeep {
-    async fn set(pg: &tokio_postgres::Client) -> Self {
-        // The guard first, so that a failure half-way still resets the setting.
-        let guard = Self;
-        // ALTER SYSTEM may not share a (multi-statement, so implicit) transaction.
-        pg.batch_execute("ALTER SYSTEM SET max_slot_wal_keep_size = '1MB'").await.unwrap();
-        pg.batch_execute("SELECT pg_reload_conf()").await.unwrap();
-        guard
-    }
-}
-
-impl Drop for TinyWalKeep {
-    fn drop(&mut self) {
-        // Drop cannot await, and may run while the test's runtime unwinds: reset on a thread of its own.
-        let url = env().database_url.clone();
-        let reset = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
-            runtime.block_on(async move {
-                let pg = pg_client_for(&url).await;
-                pg.batch_execute("ALTER SYSTEM RESET max_slot_wal_keep_size").await?;
-                pg.batch_execute("SELECT pg_reload_conf()").await
-            })
-        });
-        match reset.join() {
-            Ok(Ok(())) => {}
-            Ok(Err(error)) => eprintln!("could not reset max_slot_wal_keep_size: {error}"),
-            Err(_) => eprintln!("could not reset max_slot_wal_keep_size: the resetting thread panicked"),
-        }
-    }
-}
 
 async fn wal_status(pg: &tokio_postgres::Client, slot: &str) -> Option<String> {
     pg.query_opt("SELECT wal_status FROM pg_replication_slots WHERE slot_name = $1", &[&slot])
@@ -84,7 +50,7 @@ async fn a_slot_invalidated_while_the_producer_was_down_stops_it_with_slot_lost(
     producer.stop().await.expect("a graceful stop");
 
     {
-        let _tiny = TinyWalKeep::set(&sc.pg).await;
+        let _tiny = SystemSettings::set(&sc.pg, &[("max_slot_wal_keep_size", "1MB")]).await;
         let mut rounds = 0;
         while wal_status(&sc.pg, &sc.slot).await.as_deref() != Some("lost") {
             rounds += 1;
