@@ -22,7 +22,8 @@
 //!    inserts in transactions of the same size over as many connections as partitions; batched
 //!    (target ≥ 0.8 ×) and one op per transaction (target ≥ 0.5 ×).
 //! 5. Latency from COMMIT to `handle_message` at 200 and 2,000 transactions/s, p50/p99. Target:
-//!    p99 ≤ 50 ms.
+//!    p99 ≤ 50 ms. Beside it: a raw consumer on the same topic (the producer and broker's share),
+//!    and Kafka alone at the same rate (raw producer to raw consumer, the floor the broker sets).
 //! 6. Initial snapshot of a `BENCH_ROWS`-row table (`pgkafka` with `snapshot = "initial_only"`,
 //!    from start to exit, every row acknowledged) against `COPY (SELECT …) TO STDOUT` of the same
 //!    table (PostgreSQL's limit) and the raw rdkafka producer of 1. Target: ≥ 0.7 × min(limits),
@@ -871,6 +872,61 @@ struct LatencyPipeline {
     topic: String,
 }
 
+/// Kafka's own latency at `tps` records a second for `secs`: a raw producer with pgkafka's pinned
+/// settings sends single records stamped with the send time, a raw consumer assigned every
+/// partition reads them; returns the p99 of send → receipt in ms. No PostgreSQL, no pgkafka: the
+/// floor the broker and librdkafka set for COMMIT → handler.
+fn kafka_latency_p99(topic: &str, partitions: i32, tps: u64, secs: u64) -> f64 {
+    let producer: ThreadedProducer<Acks> = kafka_brokers_config()
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("enable.gapless.guarantee", "true")
+        .set("message.timeout.ms", "0")
+        .set("partitioner", "consistent_random")
+        .set("linger.ms", "5")
+        .set("log_level", "3")
+        .create_with_context(Acks::default())
+        .unwrap();
+    let consumer: BaseConsumer = consumer_config(&unique_name("bench_kafka_lat")).set("fetch.wait.max.ms", "5").create().unwrap();
+    let mut tpl = TopicPartitionList::new();
+    for partition in 0..partitions {
+        tpl.add_partition_offset(topic, partition, Offset::End).unwrap();
+    }
+    consumer.assign(&tpl).unwrap();
+    let now_us = || SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_micros() as i64;
+    let total = tps * secs;
+    let reader = std::thread::spawn(move || {
+        let mut latencies = Vec::with_capacity(total as usize);
+        let deadline = Instant::now() + Duration::from_secs(secs + 60);
+        while (latencies.len() as u64) < total && Instant::now() < deadline {
+            if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
+                if let Some(sent) = m.payload().and_then(|p| p.try_into().ok()).map(i64::from_le_bytes) {
+                    latencies.push(now_us() - sent);
+                }
+            }
+        }
+        latencies
+    });
+    // Let the consumer's assignment settle at the end of the log before the first record.
+    std::thread::sleep(Duration::from_secs(1));
+    let started = Instant::now();
+    for i in 0..total {
+        let due = started + Duration::from_nanos(i * 1_000_000_000 / tps.max(1));
+        if let Some(wait) = due.checked_duration_since(Instant::now()) {
+            std::thread::sleep(wait);
+        }
+        let (key, payload) = ((i % 7).to_le_bytes(), now_us().to_le_bytes());
+        producer.send(BaseRecord::to(topic).key(&key).payload(&payload)).map_err(|(e, _)| e).unwrap();
+    }
+    producer.flush(Duration::from_secs(60)).unwrap();
+    let mut latencies = reader.join().unwrap();
+    latencies.sort_unstable();
+    match latencies.len() {
+        0 => f64::NAN,
+        n => latencies[((n as f64 - 1.0) * 0.99).round() as usize] as f64 / 1000.0,
+    }
+}
+
 /// Reads every partition of `topic` from its end with a plain rdkafka consumer (no group, no
 /// pgkafka) until `stop`, recording each op's COMMIT → receipt time in `counting`.
 fn raw_latency_watcher(topic: &str, partitions: i32, counting: Arc<Counting>, stop: Arc<std::sync::atomic::AtomicBool>) {
@@ -1193,6 +1249,19 @@ async fn main() {
                     let _ = task.await;
                 }
                 delete_topic(&pipeline.topic).await;
+                // Kafka alone at the same rate, once the pipeline is stopped.
+                let kafka_topic = unique_name("bench_kafka_lat");
+                create_topic(&kafka_topic, env.partitions).await;
+                let (topic, partitions, secs) = (kafka_topic.clone(), env.partitions, env.latency_secs);
+                let kafka_p99 = tokio::task::spawn_blocking(move || kafka_latency_p99(&topic, partitions, tps, secs)).await.unwrap();
+                results.add(
+                    &format!("latency_{tps}_kafka_p99"),
+                    format!("Kafka alone: raw producer to raw consumer at {tps} records/s, p99"),
+                    "ms",
+                    "limit",
+                    kafka_p99,
+                );
+                delete_topic(&kafka_topic).await;
             }
         }
     }
