@@ -558,12 +558,10 @@ impl ProducerContext for Acks {
     }
 }
 
-/// Kafka's producer limit: `rows` records cycling through `sample` (the pgkafka producer's own
-/// keys and values, with its origin `headers` on each, as pgkafka sends them), with the settings
-/// pgkafka pins, as fast as librdkafka takes them; msgs/s from the first send to the last
-/// acknowledgement.
-fn raw_producer(topic: &str, sample: &[(Vec<u8>, Vec<u8>)], headers: &OwnedHeaders, rows: u64) -> f64 {
-    let producer: ThreadedProducer<Acks> = kafka_brokers_config()
+/// A plain rdkafka producer with the settings pgkafka pins and its default `linger.ms`, counting
+/// delivery reports: the raw clients' side of the Kafka limits.
+fn raw_rdkafka_producer() -> ThreadedProducer<Acks> {
+    kafka_brokers_config()
         .set("enable.idempotence", "true")
         .set("acks", "all")
         .set("enable.gapless.guarantee", "true")
@@ -573,7 +571,15 @@ fn raw_producer(topic: &str, sample: &[(Vec<u8>, Vec<u8>)], headers: &OwnedHeade
         // Quiet: librdkafka warns that enable.gapless.guarantee is experimental.
         .set("log_level", "3")
         .create_with_context(Acks::default())
-        .unwrap();
+        .unwrap()
+}
+
+/// Kafka's producer limit: `rows` records cycling through `sample` (the pgkafka producer's own
+/// keys and values, with its origin `headers` on each, as pgkafka sends them), with the settings
+/// pgkafka pins, as fast as librdkafka takes them; msgs/s from the first send to the last
+/// acknowledgement.
+fn raw_producer(topic: &str, sample: &[(Vec<u8>, Vec<u8>)], headers: &OwnedHeaders, rows: u64) -> f64 {
+    let producer = raw_rdkafka_producer();
     let started = Instant::now();
     for i in 0..rows as usize {
         let (key, value) = &sample[i % sample.len()];
@@ -877,16 +883,7 @@ struct LatencyPipeline {
 /// partition reads them; returns the p99 of send → receipt in ms. No PostgreSQL, no pgkafka: the
 /// floor the broker and librdkafka set for COMMIT → handler.
 fn kafka_latency_p99(topic: &str, partitions: i32, tps: u64, secs: u64) -> f64 {
-    let producer: ThreadedProducer<Acks> = kafka_brokers_config()
-        .set("enable.idempotence", "true")
-        .set("acks", "all")
-        .set("enable.gapless.guarantee", "true")
-        .set("message.timeout.ms", "0")
-        .set("partitioner", "consistent_random")
-        .set("linger.ms", "5")
-        .set("log_level", "3")
-        .create_with_context(Acks::default())
-        .unwrap();
+    let producer = raw_rdkafka_producer();
     let consumer: BaseConsumer = consumer_config(&unique_name("bench_kafka_lat")).set("fetch.wait.max.ms", "5").create().unwrap();
     let mut tpl = TopicPartitionList::new();
     for partition in 0..partitions {
