@@ -444,7 +444,7 @@ async fn run_snapshot_binary(env: &Env, dir: &Path, publication: &str, tables: &
     let topics: serde_json::Map<String, Value> =
         tables.iter().map(|(table, topic)| ((*table).to_owned(), json!({ "name": topic, "partition_key": ["organization_id"] }))).collect();
     let config = dir.join(format!("{slot}.json"));
-    let body = json!({
+    let mut body = json!({
         "connection_string": env.database_url,
         "brokers": env.brokers,
         "slot": slot,
@@ -453,7 +453,6 @@ async fn run_snapshot_binary(env: &Env, dir: &Path, publication: &str, tables: &
         "snapshot": "initial_only",
         "snapshot_readers": readers,
     });
-    let mut body = body;
     if let Some(kafka) = producer_kafka_overrides() {
         body["kafka"] = kafka;
     }

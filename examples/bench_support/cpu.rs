@@ -11,12 +11,8 @@ use std::time::Instant;
 
 use serde_json::{json, Value};
 
-/// The process groups the time is split into, by the process's name (`/proc/<pid>/stat`).
-fn group(comm: &str, pid: u32) -> &'static str {
-    if pid == std::process::id() {
-        // The harness: the raw clients and the consumers run inside it.
-        return "harness";
-    }
+/// The group of another process than the harness, by its name (`/proc/<pid>/stat`).
+fn group(comm: &str) -> &'static str {
     match comm {
         "pgkafka" => "pgkafka",
         "postgres" => "postgres",
@@ -51,7 +47,7 @@ impl CpuSample {
                 *groups.entry("children").or_insert(0) += reaped;
                 *groups.entry("harness").or_insert(0) += own;
             } else {
-                *groups.entry(group(&comm, pid)).or_insert(0) += own + reaped;
+                *groups.entry(group(&comm)).or_insert(0) += own + reaped;
             }
         }
         let (machine_busy, machine_total) = machine().unwrap_or((0, 0));
