@@ -109,11 +109,6 @@ pub(crate) struct Record<'a> {
 }
 
 impl<'a> Record<'a> {
-    /// Whether the record has headers.
-    pub(crate) fn has_headers(&self) -> bool {
-        !self.headers.is_empty()
-    }
-
     /// The record's headers, keys and values, in order.
     pub(crate) fn headers(&self) -> impl Iterator<Item = (&'a str, Option<&'a [u8]>)> + 'a {
         let bytes = self.bytes;

@@ -454,10 +454,9 @@ fn decode(reader: &Reader, topic: &str, partition: i32, record: Record<'_>, keep
         Read::Invalid(reason) => Err(reason),
     };
     // The producer's origin headers; a record with broken ones is invalid like a broken value.
-    let origin = match record.has_headers() {
-        false => Ok(None),
-        true if keep_origin => Origin::from_headers(record.headers()),
-        true => Origin::check_headers(record.headers()).map(|()| None),
+    let origin = match keep_origin {
+        true => Origin::from_headers(record.headers()),
+        false => Origin::check_headers(record.headers()).map(|()| None),
     };
     match (parsed, origin) {
         (Ok((op, in_value)), Ok(origin)) => {
