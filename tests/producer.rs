@@ -187,6 +187,7 @@ impl Scenario {
     /// Drops the slots (once released), the publication and the tables. Call after the producer stopped.
     pub(crate) async fn cleanup(mut self) {
         self.cleaned = true;
+        forget_snapshot_runs(&self.pg, &self.slot).await;
         drop_slot(&self.pg, &self.slot).await;
         if let Some(reference) = &self.reference {
             drop_slot(&self.pg, reference).await;
@@ -199,6 +200,11 @@ impl Scenario {
             let _ = self.pg.batch_execute(&format!("DROP {what}")).await;
         }
     }
+}
+
+/// Deletes `slot`'s snapshot and backfill runs from the default control table, if there is one.
+pub(crate) async fn forget_snapshot_runs(pg: &tokio_postgres::Client, slot: &str) {
+    let _ = pg.execute("DELETE FROM public.pgkafka_snapshots WHERE slot_name = $1", &[&slot]).await;
 }
 
 /// A table `(id int PRIMARY KEY, v text)` with a unique name, keyed by `id`; returns its name too.

@@ -54,6 +54,23 @@ fn key_of(op: &ReplicationOp, row: &[Option<String>], key: &[&str]) -> Vec<Optio
     key.iter().map(|k| row[op.col_names.iter().position(|c| c == k).unwrap()].clone()).collect()
 }
 
+/// A table `(id int PRIMARY KEY, ver int NOT NULL, v text)` with a unique name, holding `rows`
+/// rows at `ver` 0 before any slot exists: what [`fold`] reads back, checking `ver` never goes
+/// down. Returns its name too.
+pub(crate) fn versioned_table(prefix: &str, rows: u32, partitions: i32) -> (String, Table) {
+    let t = unique_name(prefix);
+    let table = Table::new(
+        &t,
+        format!(
+            "CREATE TABLE {t} (id int PRIMARY KEY, ver int NOT NULL, v text); \
+             INSERT INTO {t} SELECT g, 0, 'v' || g FROM generate_series(1, {rows}) g"
+        ),
+        &[],
+        partitions,
+    );
+    (t, table)
+}
+
 /// What a topic folds to, applied as the idempotent consumer applies it: per partition in offset
 /// order, skipping records at or below the partition's last applied `(lsn, seq_id)` (re-sends).
 /// On the way, checks that no key goes back in time: its `ver` column never decreases and nothing
@@ -445,16 +462,7 @@ async fn a_backfill_while_writing_survives_sigkills_and_folds_to_the_tables() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cancelled_backfill_stops() {
     pgkafka_tests::init_tracing();
-    let t = unique_name("p_bf_cancel");
-    let table = Table::new(
-        &t,
-        format!(
-            "CREATE TABLE {t} (id int PRIMARY KEY, ver int NOT NULL, v text); \
-             INSERT INTO {t} SELECT g, 0, 'v' || g FROM generate_series(1, 5000) g"
-        ),
-        &[],
-        2,
-    );
+    let (t, table) = versioned_table("p_bf_cancel", 5000, 2);
     let sc = Scenario::new("p_bf_cancel", vec![table]).await;
     let producer = sc.builder().backfills(true).backfill_chunk_size(5).build();
     let running = RunningProducer::start(producer, &sc.slot).await;

@@ -12,7 +12,7 @@ use pgkafka_tests::{create_topic, env, unique_name, wait_for, Record};
 use serde_json::{json, Value};
 
 use super::debezium::{debezium, fixture, key_order, read_at_least, strip_volatile, text};
-use super::{id_table, Scenario, Table};
+use super::{forget_snapshot_runs, id_table, Scenario, Table};
 
 /// `source.sequence` of an event as numbers: `[lastCommitLsn, the change's LSN]`.
 fn sequence(event: &Value) -> Vec<u64> {
@@ -205,13 +205,6 @@ async fn an_initial_snapshot_writes_debeziums_read_events() {
         positions.iter().all(|p| *p == positions[0]),
         "one snapshot position: {positions:?}"
     );
-    let _ = scenario
-        .pg
-        .execute(
-            "DELETE FROM public.pgkafka_snapshots WHERE slot_name = $1",
-            &[&scenario.slot],
-        )
-        .await;
     scenario.cleanup().await;
 }
 
@@ -280,13 +273,6 @@ async fn a_backfill_writes_incremental_read_events() {
     assert_eq!(positions.len(), 3, "{positions:?}");
     assert!(positions.windows(2).all(|w| w[0] < w[1]), "{positions:?}");
     running.stop().await.unwrap();
-    let _ = scenario
-        .pg
-        .execute(
-            "DELETE FROM public.pgkafka_snapshots WHERE slot_name = $1",
-            &[&scenario.slot],
-        )
-        .await;
     scenario.cleanup().await;
 }
 
@@ -405,14 +391,6 @@ async fn a_debezium_topic_decodes_to_the_pgkafka_formats_ops() {
     pgkafka_running.stop().await.unwrap();
     debezium_running.stop().await.unwrap();
     drop_slot(&scenario.pg, &debezium_slot).await;
-    for slot in [&scenario.slot, &debezium_slot] {
-        let _ = scenario
-            .pg
-            .execute(
-                "DELETE FROM public.pgkafka_snapshots WHERE slot_name = $1",
-                &[slot],
-            )
-            .await;
-    }
+    forget_snapshot_runs(&scenario.pg, &debezium_slot).await;
     scenario.cleanup().await;
 }

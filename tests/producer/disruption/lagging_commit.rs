@@ -13,8 +13,8 @@ use pgkafka_tests::disrupt::{exclusive_services, SystemSettings};
 use pgkafka_tests::producer_task::RunningProducer;
 use pgkafka_tests::{pg_client, wait_for};
 
-use crate::producer::backfill::{fold, table_rows};
-use crate::producer::{Scenario, Table};
+use crate::producer::backfill::{fold, table_rows, versioned_table};
+use crate::producer::Scenario;
 
 /// An update of row 7 commits while its session waits for a synchronous standby that never
 /// answers: the slot streams it (ver 1), but no snapshot sees it yet. A backfill of the table is
@@ -31,16 +31,7 @@ use crate::producer::{Scenario, Table};
 async fn a_backfill_does_not_publish_a_row_older_than_a_commit_a_standby_still_holds() {
     pgkafka_tests::init_tracing();
     let _exclusive = exclusive_services().await;
-    let t = pgkafka_tests::unique_name("p_lagging");
-    let table = Table::new(
-        &t,
-        format!(
-            "CREATE TABLE {t} (id int PRIMARY KEY, ver int NOT NULL, v text); \
-             INSERT INTO {t} SELECT g, 0, 'v' || g FROM generate_series(1, 20) g"
-        ),
-        &[],
-        1,
-    );
+    let (t, table) = versioned_table("p_lagging", 20, 1);
     let sc = Scenario::unlocked("p_lagging", vec![table]).await;
     let running = RunningProducer::start(sc.builder().backfills(true).backfill_chunk_size(100).build(), &sc.slot).await;
     let control = sc.producer();
