@@ -207,6 +207,24 @@ pub(crate) async fn forget_snapshot_runs(pg: &tokio_postgres::Client, slot: &str
     let _ = pg.execute("DELETE FROM public.pgkafka_snapshots WHERE slot_name = $1", &[&slot]).await;
 }
 
+/// Waits until `slot`'s initial snapshot is done (every table's run `done` in the default control
+/// table). A slot shows as active while it is still being created, before its consistent point:
+/// changes written before then belong to the snapshot, not to the stream.
+pub(crate) async fn wait_snapshot_done(pg: &tokio_postgres::Client, slot: &str, tables: i64) {
+    pgkafka_tests::wait_for(&format!("the initial snapshot of slot {slot}"), Duration::from_secs(60), || async {
+        let done: Option<i64> = pg
+            .query_one(
+                "SELECT count(*) FROM public.pgkafka_snapshots WHERE slot_name = $1 AND kind = 'initial' AND state = 'done'",
+                &[&slot],
+            )
+            .await
+            .ok()
+            .map(|row| row.get(0));
+        (done == Some(tables)).then_some(())
+    })
+    .await;
+}
+
 /// A table `(id int PRIMARY KEY, v text)` with a unique name, keyed by `id`; returns its name too.
 pub(crate) fn id_table(prefix: &str, partitions: i32) -> (String, Table) {
     let t = unique_name(prefix);

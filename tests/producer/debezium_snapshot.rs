@@ -12,7 +12,7 @@ use pgkafka_tests::{create_topic, env, unique_name, wait_for, Record};
 use serde_json::{json, Value};
 
 use super::debezium::{debezium, fixture, key_order, read_at_least, strip_volatile, text};
-use super::{forget_snapshot_runs, id_table, Scenario, Table};
+use super::{forget_snapshot_runs, id_table, wait_snapshot_done, Scenario, Table};
 
 /// `source.sequence` of an event as numbers: `[lastCommitLsn, the change's LSN]`.
 fn sequence(event: &Value) -> Vec<u64> {
@@ -295,6 +295,7 @@ async fn a_debezium_topic_decodes_to_the_pgkafka_formats_ops() {
     let scenario = Scenario::new("dbz_loop", vec![table]).await;
     let pgkafka_producer = scenario.builder().snapshot(SnapshotMode::Initial).build();
     let pgkafka_running = RunningProducer::start(pgkafka_producer, &scenario.slot).await;
+    wait_snapshot_done(&scenario.pg, &scenario.slot, 1).await;
 
     let server = unique_name("dbz_loop_server");
     let mut options = debezium(&server, true);
@@ -319,6 +320,8 @@ async fn a_debezium_topic_decodes_to_the_pgkafka_formats_ops() {
     .snapshot(SnapshotMode::Initial)
     .build();
     let debezium_running = RunningProducer::start(debezium_producer, &debezium_slot).await;
+    // Before any change: a slot counts as active while it is still being created.
+    wait_snapshot_done(&scenario.pg, &debezium_slot, 1).await;
 
     let statements = [
         format!("INSERT INTO {t} VALUES (10, 'ten', 10.5, true, '2024-06-01', '2024-06-01 00:00:00', '{{\"a\": [1, 2]}}')"),
