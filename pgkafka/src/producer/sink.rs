@@ -122,14 +122,23 @@ fn table_of(value: Option<&[u8]>) -> Option<String> {
     value.and_then(|value| serde_json::from_slice::<Head>(value).ok()).and_then(name)
 }
 
+/// Where a full window of `max_in_flight` records reopens: a quarter below it, and never at
+/// zero, so a window of one still reopens once its record is acknowledged.
+fn resume_below(max_in_flight: u64) -> u64 {
+    (max_in_flight - max_in_flight / 4).max(1)
+}
+
 /// State shared between the session and librdkafka's delivery-report thread.
 struct Shared {
     watermark: Mutex<Watermark>,
     failure: Mutex<Option<DeliveryFailure>>,
     failed: AtomicBool,
-    /// Woken on every delivery report, so a wait for room in the window or for the last
+    /// Woken when a delivery report settles a transaction, leaves fewer than `resume_below`
+    /// records in flight, or fails, so a wait for room in the window or for the last
     /// acknowledgement can look again.
     progress: tokio::sync::Notify,
+    /// Where a full window reopens: a quarter below its size.
+    resume_below: u64,
     acked_total: metrics::Counter,
 }
 
@@ -166,8 +175,16 @@ impl ProducerContext for DeliveryContext {
     fn delivery(&self, result: &DeliveryResult<'_>, tx: usize) {
         match result {
             Ok(_) => {
-                self.shared.watermark().acked(tx as TxId);
+                let (settled, in_flight) = {
+                    let mut watermark = self.shared.watermark();
+                    (watermark.acked(tx as TxId), watermark.in_flight())
+                };
                 self.shared.acked_total.increment(1);
+                // Wake a waiter only for what it can be waiting for: a transaction settled, or
+                // the window drained to where a full one reopens (see `Sink::wait_for_room`).
+                if !settled && in_flight >= self.shared.resume_below {
+                    return;
+                }
             }
             Err((error, message)) => {
                 let failure = DeliveryFailure {
@@ -212,6 +229,7 @@ impl Sink {
             failure: Mutex::new(None),
             failed: AtomicBool::new(false),
             progress: tokio::sync::Notify::new(),
+            resume_below: resume_below(config.max_in_flight as u64),
             acked_total: PRODUCER_RECORDS_ACKED.slot_counter(&config.slot_name),
         });
         let producer = client_config(config)?
@@ -419,12 +437,15 @@ impl Sink {
         }
     }
 
-    /// Waits until the window has room, or a delivery failed.
+    /// Waits until the window has room, or a delivery failed. A full window is waited on until
+    /// a quarter of it has drained, not until the next acknowledgement: acknowledgements arrive
+    /// one per record on librdkafka's delivery thread, and waking the reader for each would hand
+    /// records over one at a time, with a thread switch and a contended ledger lock per record.
     pub(crate) async fn wait_for_room(&self) -> Result<(), Failure> {
         loop {
             let notified = self.shared.progress.notified();
             self.check_failure()?;
-            if self.has_room() {
+            if self.shared.watermark().has_room(self.shared.resume_below) {
                 return Ok(());
             }
             notified.await;
@@ -513,6 +534,13 @@ mod tests {
             assert!(matches!(error, ProducerError::Config(_)), "{error:?}");
             assert!(error.to_string().contains(&format!("{key}={value}")), "{error}");
         }
+    }
+
+    #[test]
+    fn a_full_window_reopens_a_quarter_below_its_size_and_a_window_of_one_at_empty() {
+        assert_eq!(resume_below(10_000), 7_500);
+        assert_eq!(resume_below(4), 3);
+        assert_eq!(resume_below(1), 1);
     }
 
     /// A refusal names topic, partition, table and the transaction's commit LSN; the table is

@@ -64,9 +64,14 @@ impl Watermark {
     }
 
     /// Kafka acknowledged a message of `tx`.
-    pub(crate) fn acked(&mut self, tx: TxId) {
+    ///
+    /// Returns whether a transaction left the ledger, so waiters for a settled transaction know
+    /// to look again.
+    pub(crate) fn acked(&mut self, tx: TxId) -> bool {
+        let first = self.first_id;
         self.unsent(tx);
         self.advance();
+        self.first_id != first
     }
 
     /// The transaction `tx` committed; `end_lsn` is where the next transaction's WAL starts.
