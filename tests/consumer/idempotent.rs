@@ -1,6 +1,6 @@
 //! The idempotent consumer: each op applied exactly once, in order, through re-sends, rolled
-//! back batches, a second consumer joining and leaving the group, and a zombie instance working
-//! the same partitions.
+//! back batches, a second consumer joining and leaving the group, a zombie instance working
+//! the same partitions, and its sessions ended by the server.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -125,6 +125,55 @@ async fn concurrent_instances_on_the_same_partitions_apply_each_op_once() {
     for instance in instances {
         instance.stop().await.unwrap();
     }
+    assert_exactly_once_in_order(&table, PARTITIONS, N).await;
+}
+
+/// PostgreSQL ends every session of the consumer mid-stream, twice (what an administrator's
+/// `pg_terminate_backend`, a server restart or a failover does to the client), including the
+/// connections it keeps between batches: the batch in hand fails as a lost connection, is retried
+/// on a new session, and every op is applied exactly once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_the_server_ends_mid_stream_are_survived_exactly_once() {
+    const PARTITIONS: i32 = 3;
+    const N: i64 = 300;
+    init_tracing();
+    let (topic, group) = topic_and_group("cons_ended", PARTITIONS).await;
+    let table = create_sink_table().await;
+    let feed = feed_in_rounds(&topic, PARTITIONS, 30, Duration::from_millis(400), None);
+
+    // The consumer's sessions are found by their application name.
+    let application = unique_name("cons_ended");
+    let base = &env().database_url;
+    let url = format!("{base}{}application_name={application}", if base.contains('?') { '&' } else { '?' });
+    let sink = Arc::new(Sink::new(&table));
+    let consumer = RunningConsumer::idempotent(test_consumer(&group, &topic, Arc::clone(&sink)).batch_size(10), &url);
+    let admin = pg_client().await;
+    for (round, applied) in [(1, 100), (2, 400)] {
+        wait_for("ops applied before the sessions end", Duration::from_secs(60), || async {
+            (sink.applied() >= applied).then_some(())
+        })
+        .await;
+        let ended: i64 = admin
+            .query_one(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = $1",
+                &[&application],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert!(ended > 0, "round {round}: the consumer had no session to end");
+        println!("round {round}: ended {ended} sessions after {} ops", sink.applied());
+    }
+    assert!(!feed.is_finished(), "the stream ended before the last sessions were ended; the test proves nothing");
+
+    let end = as_vec(&feed.await.unwrap(), PARTITIONS);
+    let total = PARTITIONS as i64 * N;
+    wait_for("every op applied", Duration::from_secs(90), || async { (sink_count(&table).await >= total).then_some(()) }).await;
+    wait_for("everything consumed", Duration::from_secs(60), || async {
+        (committed(&group, &topic, PARTITIONS).await == end).then_some(())
+    })
+    .await;
+    consumer.stop().await.unwrap();
     assert_exactly_once_in_order(&table, PARTITIONS, N).await;
 }
 
