@@ -765,20 +765,39 @@ impl IdempotentApplication for InsertApp {
 
 /// The idempotent consumer's baseline: the same `ops` inserts by a plain sqlx loop, in
 /// transactions of `per_tx`, one worker and connection per partition (as many as the consumer
-/// keeps busy); ops/s over the whole run.
-async fn plain_loop(env: &Env, client: &tokio_postgres::Client, ops: u64, per_tx: usize) -> f64 {
+/// keeps busy); ops/s over the whole run. With `state_row`, each transaction also updates its
+/// worker's row of a state table first, as the consumer stores its position: what exactly-once
+/// costs PostgreSQL, without the consumer.
+async fn plain_loop(env: &Env, client: &tokio_postgres::Client, ops: u64, per_tx: usize, state_row: bool) -> f64 {
     let sink = create_sink(client).await;
+    let state = format!("{sink}_state");
+    client
+        .batch_execute(&format!(
+            "CREATE TABLE {state} (worker bigint PRIMARY KEY, lsn bigint, seq_id bigint, updated_at timestamptz); \
+             INSERT INTO {state} (worker) SELECT generate_series(0, {})",
+            env.partitions.max(1) - 1
+        ))
+        .await
+        .unwrap();
+    let update = Arc::new(format!(
+        "UPDATE {state} SET lsn = $2, seq_id = $3, updated_at = now() WHERE worker = $1 AND (lsn IS NULL OR lsn <= $2)"
+    ));
     let workers = env.partitions.max(1) as u64;
     let pool = PgPoolOptions::new().max_connections(workers as u32).min_connections(workers as u32).connect(&env.database_url).await.unwrap();
     let insert = Arc::new(sink_insert(&sink));
     let started = Instant::now();
     let tasks: Vec<_> = (0..workers)
         .map(|w| {
-            let (pool, insert) = (pool.clone(), Arc::clone(&insert));
+            let (pool, insert, update) = (pool.clone(), Arc::clone(&insert), Arc::clone(&update));
             tokio::spawn(async move {
                 let mine: Vec<u64> = (w..ops).step_by(workers as usize).collect();
                 for chunk in mine.chunks(per_tx) {
                     let mut tx = pool.begin().await.unwrap();
+                    if state_row {
+                        let (lsn, seq_id) = op_position(chunk.last().copied().unwrap_or_default());
+                        let query = pgkafka::sqlx::query(&update).bind(w as i64).bind(lsn).bind(seq_id);
+                        assert_eq!(query.execute(&mut *tx).await.unwrap().rows_affected(), 1);
+                    }
                     for &i in chunk {
                         let (lsn, seq_id) = op_position(i);
                         pgkafka::sqlx::query(&insert).bind(lsn).bind(seq_id).execute(&mut *tx).await.unwrap();
@@ -796,6 +815,16 @@ async fn plain_loop(env: &Env, client: &tokio_postgres::Client, ops: u64, per_tx
     rate
 }
 
+/// Waits until `counting` saw `expected` ops; returns the cores used from its first op on, the
+/// window its rate covers. Joining the group before the first op and shutting down after the
+/// last are left out: in a run of a few seconds they would halve the cores shown.
+async fn wait_count_cpu(counting: &Counting, expected: u64, limit: Duration) -> Value {
+    wait_count(counting, 1, limit).await;
+    let started = CpuSample::now();
+    wait_count(counting, expected, limit).await;
+    started.cores_until(&CpuSample::now())
+}
+
 async fn wait_count(counting: &Counting, expected: u64, limit: Duration) {
     let started = Instant::now();
     while counting.seen() < expected {
@@ -811,20 +840,22 @@ fn consumer_options<A>(consumer: Consumer<A>) -> Consumer<A> {
         .kafka_option("auto.offset.reset", "earliest")
 }
 
-async fn basic_consumer(env: &Env, topic: &str, rows: u64) -> f64 {
+/// The basic consumer on `topic` until it handled `rows` ops: ops/s from the first handler call
+/// to the last, and the cores used over that window.
+async fn basic_consumer(env: &Env, topic: &str, rows: u64) -> (f64, Value) {
     let counting = Counting::new(false);
     let consumer = consumer_options(Consumer::new(unique_name("bench_basic"), vec![topic.to_owned()], env.brokers.clone(), NoopApp(Arc::clone(&counting))));
     let stop = consumer.shutdown_handle();
     let task = tokio::spawn(consumer.start_basic());
-    wait_count(&counting, rows, Duration::from_secs(900)).await;
+    let cores = wait_count_cpu(&counting, rows, Duration::from_secs(900)).await;
     stop.shutdown();
     let _ = task.await;
-    counting.rate()
+    (counting.rate(), cores)
 }
 
 /// The idempotent consumer on `topic` until it applied `ops`, `batch_size` ops per transaction
-/// at most; ops/s from the first handler call to the last.
-async fn idempotent_consumer(env: &Env, client: &tokio_postgres::Client, topic: &str, ops: u64, batch_size: usize) -> f64 {
+/// at most; ops/s from the first handler call to the last, and the cores used over that window.
+async fn idempotent_consumer(env: &Env, client: &tokio_postgres::Client, topic: &str, ops: u64, batch_size: usize) -> (f64, Value) {
     let sink = create_sink(client).await;
     let counting = Counting::new(false);
     let app = InsertApp { insert: sink_insert(&sink), counting: Arc::clone(&counting) };
@@ -834,10 +865,10 @@ async fn idempotent_consumer(env: &Env, client: &tokio_postgres::Client, topic: 
     let url = env.database_url.clone();
     let stop = consumer.shutdown_handle();
     let task = tokio::spawn(async move { consumer.start_idempotent(&url).await });
-    wait_count(&counting, ops, Duration::from_secs(900)).await;
+    let cores = wait_count_cpu(&counting, ops, Duration::from_secs(900)).await;
     stop.shutdown();
     let _ = task.await;
-    counting.rate()
+    (counting.rate(), cores)
 }
 
 /// Writes `ops` ops to a new topic: the sample's values with positions 1,000 ops per LSN, op `i`
@@ -1178,10 +1209,9 @@ async fn main() {
         let rate = raw_consumer_json(&first_topic, env.rows).await;
         results.add("rdkafka_consumer_json", "reference: single-thread rdkafka consumer decoding JSON", "msgs/s", "reference", rate);
         results.cpu("rdkafka_consumer_json", &cpu);
-        let cpu = CpuSample::now();
-        let rate = basic_consumer(&env, &first_topic, env.rows).await;
+        let (rate, cores) = basic_consumer(&env, &first_topic, env.rows).await;
         results.add("basic_consumer", "pgkafka basic consumer, no-op handler", "msgs/s", "pgkafka", rate);
-        results.cpu("basic_consumer", &cpu);
+        results.cpu_between("basic_consumer", cores);
     }
     // The idempotent section feeds a topic of its own from the sample.
     delete_topic(&first_topic).await;
@@ -1194,21 +1224,27 @@ async fn main() {
         for round in 0..rounds {
             eprintln!("bench: idempotent round {}/{rounds}", round + 1);
             let cpu = CpuSample::now();
-            let rate = plain_loop(&env, &client, env.idempotent_ops, batch).await;
+            let rate = plain_loop(&env, &client, env.idempotent_ops, batch, false).await;
             results.add("plain_loop_batched", format!("PostgreSQL limit: sqlx loop, same inserts, {batch} per transaction, {} connections", env.partitions), "ops/s", "limit", rate);
             results.cpu("plain_loop_batched", &cpu);
             let cpu = CpuSample::now();
-            let rate = idempotent_consumer(&env, &client, &ops_topic, env.idempotent_ops, batch).await;
+            let rate = plain_loop(&env, &client, env.idempotent_ops, batch, true).await;
+            results.add("plain_loop_state_batched", format!("reference: the same loop plus one state-row UPDATE per transaction, {batch} per transaction"), "ops/s", "reference", rate);
+            results.cpu("plain_loop_state_batched", &cpu);
+            let (rate, cores) = idempotent_consumer(&env, &client, &ops_topic, env.idempotent_ops, batch).await;
             results.add("idempotent_batched", format!("pgkafka idempotent consumer, batches of up to {batch}"), "ops/s", "pgkafka", rate);
-            results.cpu("idempotent_batched", &cpu);
+            results.cpu_between("idempotent_batched", cores);
             let cpu = CpuSample::now();
-            let rate = plain_loop(&env, &client, unbatched, 1).await;
+            let rate = plain_loop(&env, &client, unbatched, 1, false).await;
             results.add("plain_loop_unbatched", format!("PostgreSQL limit: sqlx loop, one insert per transaction, {} connections", env.partitions), "ops/s", "limit", rate);
             results.cpu("plain_loop_unbatched", &cpu);
             let cpu = CpuSample::now();
-            let rate = idempotent_consumer(&env, &client, &ops_topic, unbatched, 1).await;
+            let rate = plain_loop(&env, &client, unbatched, 1, true).await;
+            results.add("plain_loop_state_unbatched", "reference: the same loop plus one state-row UPDATE per transaction, one insert per transaction", "ops/s", "reference", rate);
+            results.cpu("plain_loop_state_unbatched", &cpu);
+            let (rate, cores) = idempotent_consumer(&env, &client, &ops_topic, unbatched, 1).await;
             results.add("idempotent_unbatched", "pgkafka idempotent consumer, batch_size(1)", "ops/s", "pgkafka", rate);
-            results.cpu("idempotent_unbatched", &cpu);
+            results.cpu_between("idempotent_unbatched", cores);
         }
         delete_topic(&ops_topic).await;
     }
@@ -1272,6 +1308,9 @@ async fn main() {
     results.ratio_target("basic consumer / no-decode limit", "basic_consumer", &["rdkafka_consumer_no_decode"], None);
     results.ratio_target("idempotent consumer / plain loop, batched", "idempotent_batched", &["plain_loop_batched"], Some(0.8));
     results.ratio_target("idempotent consumer / plain loop, one op per transaction", "idempotent_unbatched", &["plain_loop_unbatched"], Some(0.5));
+    // What the consumer's client side costs, once its state-row statement is paid in the baseline too.
+    results.ratio_target("idempotent consumer / loop with the state-row UPDATE, batched", "idempotent_batched", &["plain_loop_state_batched"], None);
+    results.ratio_target("idempotent consumer / loop with the state-row UPDATE, one op per transaction", "idempotent_unbatched", &["plain_loop_state_unbatched"], None);
     for &tps in &env.latency_rates {
         results.at_most_target(&format!("COMMIT to handler p99 at {tps} tx/s"), &format!("latency_{tps}_p99"), "median", 50.0, "ms", "50 ms");
     }
