@@ -180,6 +180,10 @@ impl Partition {
         self.paused && self.progress.queued.load(Ordering::Acquire) < max_queued / 2
     }
 
+    pub(crate) fn is_paused(&self) -> bool {
+        self.paused
+    }
+
     pub(crate) fn set_paused(&mut self, paused: bool) {
         self.paused = paused;
     }

@@ -152,8 +152,10 @@ impl Assignment {
         }
     }
 
-    fn resume_drained(&self, consumer: &BaseConsumer<Context>) {
+    /// Resumes the paused partitions whose tasks have drained; returns whether any is still paused.
+    fn resume_drained(&self, consumer: &BaseConsumer<Context>) -> bool {
         let mut partitions = self.lock();
+        let mut still_paused = false;
         for (topic, p, partition) in partitions.selected(None) {
             if partition.should_resume(self.max_queued) {
                 match consumer.resume(&single(topic, p)) {
@@ -164,7 +166,9 @@ impl Assignment {
                     Err(e) => warn!(topic, partition = p, "cannot resume: {e}"),
                 }
             }
+            still_paused |= partition.is_paused();
         }
+        still_paused
     }
 
     /// Stops the tasks of `keys` (all when `None`), waits until each has finished the op in hand,
@@ -211,6 +215,14 @@ fn single(topic: &str, partition: i32) -> TopicPartitionList {
 /// At most this many records are taken from librdkafka (without waiting) before they are handed
 /// to their partitions' tasks: a burst costs one wake-up per partition instead of one per record.
 const MAX_BURST: usize = 1_000;
+
+/// How long the poll thread waits for records.
+const POLL_WAIT: Duration = Duration::from_millis(100);
+
+/// How long it waits while a partition is paused: its task drains it meanwhile, and a wait as
+/// long as [`POLL_WAIT`] would leave the task without records before the resume is seen (a
+/// paused partition delivers nothing that would end the wait early).
+const PAUSED_POLL_WAIT: Duration = Duration::from_millis(5);
 
 /// librdkafka's callbacks. They run on the poll thread, inside `poll`.
 struct Context {
@@ -368,11 +380,12 @@ impl Poller {
     fn run(self) {
         let consumer = &self.consumer;
         let mut last_commit = Instant::now();
+        let mut wait = POLL_WAIT;
         loop {
             if self.halt.is_raised() || self.shutdown.is_cancelled() {
                 break;
             }
-            let mut next = consumer.poll(Duration::from_millis(100));
+            let mut next = consumer.poll(wait);
             let (mut taken, mut fatal) = (0, false);
             while let Some(result) = next.take() {
                 match result {
@@ -393,7 +406,7 @@ impl Poller {
             if fatal {
                 break;
             }
-            self.assignment.resume_drained(consumer);
+            wait = if self.assignment.resume_drained(consumer) { PAUSED_POLL_WAIT } else { POLL_WAIT };
             if last_commit.elapsed() >= self.commit_interval {
                 self.assignment.commit(consumer, None, CommitMode::Async);
                 last_commit = Instant::now();
