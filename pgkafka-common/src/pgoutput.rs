@@ -344,9 +344,11 @@ impl<'a> Reader<'a> {
         }
     }
 
-    fn utf8(&self, bytes: &[u8], what: &str) -> Result<String, PgOutputError> {
+    /// `bytes` as a `String`; `what` names them in the error (a closure, so that the name is only
+    /// formatted when it is needed: this runs for every value of every row).
+    fn utf8<W: std::fmt::Display>(&self, bytes: &[u8], what: impl FnOnce() -> W) -> Result<String, PgOutputError> {
         String::from_utf8(bytes.to_vec()).map_err(|e| {
-            self.err(format!("{what} is not UTF-8 (invalid byte at {}); pgkafka needs a UTF8 database", e.utf8_error().valid_up_to()))
+            self.err(format!("{} is not UTF-8 (invalid byte at {}); pgkafka needs a UTF8 database", what(), e.utf8_error().valid_up_to()))
         })
     }
 
@@ -355,7 +357,7 @@ impl<'a> Reader<'a> {
         let len = rest.iter().position(|&b| b == 0).ok_or_else(|| self.err("unterminated string"))?;
         let text = self.take(len)?;
         self.pos += 1; // the terminating NUL, found above
-        self.utf8(text, "a name")
+        self.utf8(text, || "a name")
     }
 
     fn tuple(&mut self) -> Result<Vec<TupleValue>, PgOutputError> {
@@ -372,7 +374,7 @@ impl<'a> Reader<'a> {
                         .map_err(|_| self.err(format!("column {column}: negative length {len}")))?;
                     let data = self.take(len)?;
                     if kind == b't' {
-                        TupleValue::Text(self.utf8(data, &format!("the value of column {column}"))?)
+                        TupleValue::Text(self.utf8(data, || format!("the value of column {column}"))?)
                     } else {
                         TupleValue::Binary(data.to_vec())
                     }
