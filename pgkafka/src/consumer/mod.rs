@@ -501,7 +501,10 @@ impl<A> Consumer<A> {
     }
 
     /// The size of the idempotent consumer's PostgreSQL connection pool (default
-    /// [`max_concurrent_partitions`](Consumer::max_concurrent_partitions) + 1).
+    /// [`max_concurrent_partitions`](Consumer::max_concurrent_partitions) + 1). A connection
+    /// whose batch committed is kept for the next batch rather than returned (sqlx checks each
+    /// returned connection with a round trip); at most one fewer than the pool's size are kept,
+    /// each for at most 5 seconds, and all of them go back after a failed batch.
     #[must_use]
     pub fn pool_size(mut self, n: u32) -> Self {
         self.settings.pool_size = Some(n.max(1));
