@@ -2,6 +2,7 @@
 //! back batches, a second consumer joining and leaving the group, a zombie instance working
 //! the same partitions, and its sessions ended by the server.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -9,6 +10,7 @@ use pgkafka::Lsn;
 use pgkafka_tests::consumer_task::RunningConsumer;
 use pgkafka_tests::consuming::{assert_exactly_once_in_order, create_sink_table, sink_count, Sink};
 use pgkafka_tests::{env, init_tracing, pg_client, unique_name, wait_for};
+use tokio::task::JoinHandle;
 
 use super::{
     as_vec, committed, feed_in_rounds, feeder, send, stream_op, stream_with_resends, test_consumer, topic_and_group, HIGH_LSN,
@@ -57,6 +59,25 @@ async fn idempotent_applies_each_op_once_through_resends_and_rollbacks() {
     assert_eq!(states, (0..3).map(|p| (p, last.clone(), "2".to_owned())).collect::<Vec<_>>());
 }
 
+/// Waits until `feed` has sent its `n` ops per partition, all of them are in `table`, and `group`
+/// committed the end of each partition of `topic`.
+async fn fed_applied_and_committed(
+    feed: JoinHandle<BTreeMap<i32, i64>>,
+    table: &str,
+    group: &str,
+    topic: &str,
+    partitions: i32,
+    n: i64,
+) {
+    let end = as_vec(&feed.await.unwrap(), partitions);
+    let total = i64::from(partitions) * n;
+    wait_for("every op applied", Duration::from_secs(90), || async { (sink_count(table).await >= total).then_some(()) }).await;
+    wait_for("everything consumed", Duration::from_secs(60), || async {
+        (committed(group, topic, partitions).await == end).then_some(())
+    })
+    .await;
+}
+
 /// A second consumer joins the group mid-stream, takes partitions, works and leaves mid-stream:
 /// each op applied exactly once, in order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -85,13 +106,7 @@ async fn two_idempotent_consumers_in_one_group_apply_each_op_once() {
     consumer_b.stop().await.unwrap();
     assert!(!feed.is_finished(), "the stream ended before the second consumer left; the test proves nothing");
 
-    let end = as_vec(&feed.await.unwrap(), PARTITIONS);
-    let total = PARTITIONS as i64 * N;
-    wait_for("every op applied", Duration::from_secs(90), || async { (sink_count(&table).await >= total).then_some(()) }).await;
-    wait_for("everything consumed", Duration::from_secs(60), || async {
-        (committed(&group, &topic, PARTITIONS).await == end).then_some(())
-    })
-    .await;
+    fed_applied_and_committed(feed, &table, &group, &topic, PARTITIONS, N).await;
     consumer_a.stop().await.unwrap();
     println!("first applied {}, second {}", first.applied(), second.applied());
     assert_exactly_once_in_order(&table, PARTITIONS, N).await;
@@ -166,13 +181,7 @@ async fn sessions_the_server_ends_mid_stream_are_survived_exactly_once() {
     }
     assert!(!feed.is_finished(), "the stream ended before the last sessions were ended; the test proves nothing");
 
-    let end = as_vec(&feed.await.unwrap(), PARTITIONS);
-    let total = PARTITIONS as i64 * N;
-    wait_for("every op applied", Duration::from_secs(90), || async { (sink_count(&table).await >= total).then_some(()) }).await;
-    wait_for("everything consumed", Duration::from_secs(60), || async {
-        (committed(&group, &topic, PARTITIONS).await == end).then_some(())
-    })
-    .await;
+    fed_applied_and_committed(feed, &table, &group, &topic, PARTITIONS, N).await;
     consumer.stop().await.unwrap();
     assert_exactly_once_in_order(&table, PARTITIONS, N).await;
 }

@@ -115,6 +115,50 @@ pub(crate) fn fold(records: &[&Record], key: &[&str], table: &str) -> Rows {
     state
 }
 
+/// For each record of `key` that [`fold`] skips as a re-send, the earlier record of its partition
+/// whose position covered it: what to look at when a fold loses a change.
+fn skipped_because(records: &[&Record], key: &[Option<String>], key_columns: &[&str]) -> Vec<String> {
+    let mut by_partition: HashMap<i32, Vec<&Record>> = HashMap::new();
+    for record in records {
+        by_partition.entry(record.partition).or_default().push(record);
+    }
+    let mut lines = Vec::new();
+    for (_, mut records) in by_partition {
+        records.sort_by_key(|r| r.offset);
+        let mut highest: Option<((u64, u64), &Record)> = None;
+        for record in records {
+            let op = record.op();
+            let position = (op.lsn, op.seq_id);
+            let row = match &op.op {
+                Op::Insert(new) | Op::Update((_, new)) => new,
+                Op::Delete(old) => old,
+            };
+            match highest {
+                Some((top, by)) if position <= top => {
+                    if key_of(&op, row, key_columns) == key {
+                        let cover = by.op();
+                        lines.push(format!(
+                            "skipped {}@{} ({}, {}): covered by {}@{} ({}, {}) of table {}, key {:?}",
+                            record.partition,
+                            record.offset,
+                            pgkafka::Lsn(op.lsn),
+                            op.seq_id,
+                            by.partition,
+                            by.offset,
+                            pgkafka::Lsn(cover.lsn),
+                            cover.seq_id,
+                            cover.table_name,
+                            by.key_text()
+                        ));
+                    }
+                }
+                _ => highest = Some((position, record)),
+            }
+        }
+    }
+    lines
+}
+
 /// Writes inserts, updates (of old and new rows, bumping `ver`) and deletes to both tables at a
 /// steady pace until `stop`. Returns how many transactions committed.
 async fn writer(a: String, b: String, seed: u64, stop: Arc<AtomicBool>) -> usize {
@@ -408,12 +452,13 @@ async fn a_backfill_while_writing_survives_sigkills_and_folds_to_the_tables() {
                 })
                 .collect();
             panic!(
-                "table {table}: key {key:?} is {:?} in the table but {:?} in the folded topic; its records:\n{}",
+                "table {table}: key {key:?} is {:?} in the table but {:?} in the folded topic; its records:\n{}\n{}",
                 row.iter().map(|v| v.as_deref().map(|v| &v[..v.len().min(20)])).collect::<Vec<_>>(),
                 folded
                     .get(key)
                     .map(|r| r.iter().map(|v| v.as_deref().map(|v| &v[..v.len().min(20)])).collect::<Vec<_>>()),
-                history.join("\n").chars().take(6000).collect::<String>()
+                history.join("\n").chars().take(6000).collect::<String>(),
+                skipped_because(&mine, key, &keys[table.as_str()]).join("\n")
             );
         }
         assert!(folded == source, "table {table}: the folded topic differs from the table");
