@@ -76,21 +76,13 @@ pub(crate) fn versioned_table(prefix: &str, rows: u32, partitions: i32) -> (Stri
 /// On the way, checks that no key goes back in time: its `ver` column never decreases and nothing
 /// follows its delete.
 pub(crate) fn fold(records: &[&Record], key: &[&str], table: &str) -> Rows {
-    let mut by_partition: HashMap<i32, Vec<&Record>> = HashMap::new();
-    for record in records {
-        by_partition.entry(record.partition).or_default().push(record);
-    }
     let mut state = Rows::new();
-    for (partition, mut records) in by_partition {
-        records.sort_by_key(|r| r.offset);
-        let mut applied: Option<(u64, u64)> = None;
+    for (partition, records) in in_apply_order(records) {
         let mut versions: HashMap<Vec<Option<String>>, Option<i64>> = HashMap::new();
-        for record in records {
-            let op = record.op();
-            if applied.is_some_and(|position| (op.lsn, op.seq_id) <= position) {
+        for (record, op, covered_by) in records {
+            if covered_by.is_some() {
                 continue;
             }
-            applied = Some((op.lsn, op.seq_id));
             let ver_at = op.col_names.iter().position(|c| c == "ver").unwrap();
             let (row_key, row) = match &op.op {
                 Op::Insert(new) | Op::Update((_, new)) => (key_of(&op, new, key), Some(new.clone())),
@@ -115,45 +107,64 @@ pub(crate) fn fold(records: &[&Record], key: &[&str], table: &str) -> Rows {
     state
 }
 
-/// For each record of `key` that [`fold`] skips as a re-send, the earlier record of its partition
-/// whose position covered it: what to look at when a fold loses a change.
-fn skipped_because(records: &[&Record], key: &[Option<String>], key_columns: &[&str]) -> Vec<String> {
+/// A record in the order the idempotent consumer takes it, decoded, with the earlier record of
+/// its partition whose position covers it when it is skipped as a re-send.
+type InOrder<'a> = (&'a Record, ReplicationOp, Option<&'a Record>);
+
+/// The records of each partition in offset order, each marked as [`fold`] and the idempotent
+/// consumer treat it: skipped when its `(lsn, seq_id)` is at or below the last applied one.
+fn in_apply_order<'a>(records: &[&'a Record]) -> HashMap<i32, Vec<InOrder<'a>>> {
     let mut by_partition: HashMap<i32, Vec<&Record>> = HashMap::new();
     for record in records {
         by_partition.entry(record.partition).or_default().push(record);
     }
-    let mut lines = Vec::new();
-    for (_, mut records) in by_partition {
-        records.sort_by_key(|r| r.offset);
-        let mut highest: Option<((u64, u64), &Record)> = None;
-        for record in records {
-            let op = record.op();
-            let position = (op.lsn, op.seq_id);
-            let row = match &op.op {
-                Op::Insert(new) | Op::Update((_, new)) => new,
-                Op::Delete(old) => old,
-            };
-            match highest {
-                Some((top, by)) if position <= top => {
-                    if key_of(&op, row, key_columns) == key {
-                        let cover = by.op();
-                        lines.push(format!(
-                            "skipped {}@{} ({}, {}): covered by {}@{} ({}, {}) of table {}, key {:?}",
-                            record.partition,
-                            record.offset,
-                            pgkafka::Lsn(op.lsn),
-                            op.seq_id,
-                            by.partition,
-                            by.offset,
-                            pgkafka::Lsn(cover.lsn),
-                            cover.seq_id,
-                            cover.table_name,
-                            by.key_text()
-                        ));
+    by_partition
+        .into_iter()
+        .map(|(partition, mut records)| {
+            records.sort_by_key(|r| r.offset);
+            let mut applied: Option<((u64, u64), &Record)> = None;
+            let ordered = records
+                .into_iter()
+                .map(|record| {
+                    let op = record.op();
+                    let position = (op.lsn, op.seq_id);
+                    let covered_by = applied.filter(|(last, _)| position <= *last).map(|(_, by)| by);
+                    if covered_by.is_none() {
+                        applied = Some((position, record));
                     }
-                }
-                _ => highest = Some((position, record)),
-            }
+                    (record, op, covered_by)
+                })
+                .collect();
+            (partition, ordered)
+        })
+        .collect()
+}
+
+/// For each record of `key` that [`fold`] skips as a re-send, the record whose position covered
+/// it: what to look at when a fold loses a change.
+fn skipped_because(records: &[&Record], key: &[Option<String>], key_columns: &[&str]) -> Vec<String> {
+    let mut lines = Vec::new();
+    for (record, op, covered_by) in in_apply_order(records).into_values().flatten() {
+        let Some(by) = covered_by else { continue };
+        let row = match &op.op {
+            Op::Insert(new) | Op::Update((_, new)) => new,
+            Op::Delete(old) => old,
+        };
+        if key_of(&op, row, key_columns) == key {
+            let cover = by.op();
+            lines.push(format!(
+                "skipped {}@{} ({}, {}): covered by {}@{} ({}, {}) of table {}, key {:?}",
+                record.partition,
+                record.offset,
+                pgkafka::Lsn(op.lsn),
+                op.seq_id,
+                by.partition,
+                by.offset,
+                pgkafka::Lsn(cover.lsn),
+                cover.seq_id,
+                cover.table_name,
+                by.key_text()
+            ));
         }
     }
     lines
