@@ -24,7 +24,9 @@
 //!    the same loop plus one state-row `UPDATE` per transaction, what exactly-once costs PostgreSQL.
 //! 5. Latency from COMMIT to `handle_message` at 200 and 2,000 transactions/s, p50/p99. Target:
 //!    p99 ≤ 50 ms. Beside it: a raw consumer on the same topic (the producer and broker's share),
-//!    and Kafka alone at the same rate (raw producer to raw consumer, the floor the broker sets).
+//!    Kafka alone at the same rate (raw producer to raw consumer, the floor the broker sets), and
+//!    PostgreSQL alone at the same rate (COMMIT to `pg_recvlogical` with `test_decoding`, the
+//!    walsender's share).
 //! 6. Initial snapshot of a `BENCH_ROWS`-row table (`pgkafka` with `snapshot = "initial_only"`,
 //!    from start to exit, every row acknowledged) against `COPY (SELECT …) TO STDOUT` of the same
 //!    table (PostgreSQL's limit) and the raw rdkafka producer of 1. Target: ≥ 0.7 × min(limits),
@@ -714,6 +716,17 @@ impl Counting {
         }
     }
 
+    /// Counts a row that is not a `ReplicationOp` (a line of `pg_recvlogical`), recording the time
+    /// from `created_us`, its commit time's clock, to now.
+    fn record_created_us(&self, created_us: i64) {
+        let now = self.base.elapsed().as_nanos() as u64;
+        self.first_ns.fetch_min(now, Ordering::Relaxed);
+        self.last_ns.fetch_max(now, Ordering::Relaxed);
+        self.seen.fetch_add(1, Ordering::Relaxed);
+        let now_us = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_micros() as i64;
+        self.latencies_us.lock().unwrap().push(now_us - created_us);
+    }
+
     fn seen(&self) -> u64 {
         self.seen.load(Ordering::Relaxed)
     }
@@ -902,6 +915,125 @@ async fn feed_ops(env: &Env, sample: &[(Vec<u8>, Vec<u8>)], ops: u64) -> String 
     topic
 }
 
+/// The `p` quantile (0.0–1.0) of latencies sorted ascending, in µs, as ms; NaN when there are none.
+fn percentile_ms(sorted_us: &[i64], p: f64) -> f64 {
+    match sorted_us.len() {
+        0 => f64::NAN,
+        n => sorted_us[((n as f64 - 1.0) * p).round() as usize] as f64 / 1000.0,
+    }
+}
+
+/// The latency workload: `tps` single-row transactions a second for `secs`, each `insert` (with
+/// `$1` the id, `$2` the organization) pipelined on the one connection so the writer keeps the
+/// pace whatever a COMMIT takes; ids continue from `next_id`. Returns the rate achieved, tx/s.
+async fn insert_at_rate(client: &Arc<tokio_postgres::Client>, insert: &tokio_postgres::Statement, next_id: &mut i64, tps: u64, secs: u64) -> f64 {
+    let total = tps * secs;
+    let mut ticker = tokio::time::interval(Duration::from_nanos(1_000_000_000 / tps.max(1)));
+    let started = Instant::now();
+    let mut writes = Vec::with_capacity(total as usize);
+    for _ in 0..total {
+        ticker.tick().await;
+        *next_id += 1;
+        let (client, insert, id) = (Arc::clone(client), insert.clone(), *next_id);
+        writes.push(tokio::spawn(async move {
+            client.execute(&insert, &[&id, &((id % 7) as i32)]).await.unwrap();
+        }));
+    }
+    for write in writes {
+        write.await.unwrap();
+    }
+    total as f64 / started.elapsed().as_secs_f64()
+}
+
+/// The table both latency workloads write: `created_us` is the inserting statement's
+/// clock_timestamp(), a few microseconds before its COMMIT.
+fn create_latency_table(table: &str) -> String {
+    format!("CREATE TABLE {table} (id bigint PRIMARY KEY, organization_id int NOT NULL, created_us bigint NOT NULL); ALTER TABLE {table} REPLICA IDENTITY FULL;")
+}
+
+/// The latency workload's one statement, stamping the row with its commit time's clock.
+fn latency_insert(table: &str) -> String {
+    format!("INSERT INTO {table} VALUES ($1, $2, (extract(epoch from clock_timestamp()) * 1000000)::bigint)")
+}
+
+/// A child process killed and reaped when dropped, so a measurement that panics leaves no
+/// `pg_recvlogical` holding its slot.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// PostgreSQL's own latency at `tps` single-row transactions a second for `secs`: the latency
+/// workload on a table of its own, streamed from `slot` (made here with `test_decoding`) by
+/// `pg_recvlogical` to a pipe; returns (p50, p99) in ms of COMMIT → the change's line read. No
+/// pgkafka, no Kafka: the floor the walsender sets for COMMIT → handler.
+async fn pg_latency(env: &Env, slot: &str, tps: u64, secs: u64) -> (f64, f64) {
+    let client = Arc::new(pg_client().await);
+    let table = unique_name("bench_pg_lat");
+    client.batch_execute(&create_latency_table(&table)).await.unwrap();
+    client.execute("SELECT pg_create_logical_replication_slot($1, 'test_decoding')", &[&slot]).await.unwrap();
+    // pg_recvlogical write(2)s each change and its newline straight to the file descriptor (no
+    // stdio buffer), so a line is in the pipe as soon as the walsender's message is read. Status
+    // packets only confirm positions to the server; 1 s is the shortest interval it takes.
+    let mut recvlogical = KillOnDrop(
+        std::process::Command::new(format!("{}/pg_recvlogical", env.pg_bin))
+            .args(["-d", &env.database_url, "--slot", slot, "--start", "-f", "-", "--status-interval", "1"])
+            .args(["-o", "include-xids=0", "-o", "skip-empty-xacts=1"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let counting = Counting::new(true);
+    let reader = {
+        let (stdout, counting) = (recvlogical.0.stdout.take().unwrap(), Arc::clone(&counting));
+        // test_decoding has no table filter: the slot streams every table of the database.
+        let insert_line = format!("table public.{table}: INSERT: ");
+        std::thread::spawn(move || {
+            use std::io::BufRead as _;
+            for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+                let created_us = line
+                    .strip_prefix(&insert_line)
+                    .and_then(|columns| columns.split_once("created_us[bigint]:"))
+                    .and_then(|(_, rest)| rest.split(' ').next()?.parse().ok());
+                if let Some(created_us) = created_us {
+                    counting.record_created_us(created_us);
+                }
+            }
+        })
+    };
+    let insert = client.prepare(&latency_insert(&table)).await.unwrap();
+    let mut next_id = 0;
+    // Measure from the first change streamed on: connecting and starting the slot are not latency.
+    while counting.seen() == 0 {
+        assert!(recvlogical.0.try_wait().unwrap().is_none(), "pg_recvlogical exited");
+        next_id += 1;
+        client.execute(&insert, &[&next_id, &((next_id % 7) as i32)]).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    counting.latencies_us.lock().unwrap().clear();
+    let before = counting.seen();
+    insert_at_rate(&client, &insert, &mut next_id, tps, secs).await;
+    wait_count(&counting, before + tps * secs, Duration::from_secs(120)).await;
+    drop(recvlogical);
+    reader.join().unwrap();
+    // The slot stays active until its walsender notices the client is gone.
+    let inactive = Instant::now();
+    while client.query_one("SELECT active FROM pg_replication_slots WHERE slot_name = $1", &[&slot]).await.unwrap().get::<_, bool>(0) {
+        assert!(inactive.elapsed() < Duration::from_secs(30), "slot {slot} still active after pg_recvlogical exited");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    client.execute("SELECT pg_drop_replication_slot($1)", &[&slot]).await.unwrap();
+    client.batch_execute(&format!("DROP TABLE {table}")).await.unwrap();
+    let mut latencies = counting.latencies_us.lock().unwrap().clone();
+    latencies.sort_unstable();
+    (percentile_ms(&latencies, 0.50), percentile_ms(&latencies, 0.99))
+}
+
 /// A running producer and basic consumer on a small table, for COMMIT → handler latency, with a
 /// raw rdkafka consumer assigned the same partitions beside it: COMMIT → raw consumer is what the
 /// producer and the broker take, the rest is the basic consumer's.
@@ -954,10 +1086,7 @@ fn kafka_latency_p99(topic: &str, partitions: i32, tps: u64, secs: u64) -> f64 {
     producer.flush(Duration::from_secs(60)).unwrap();
     let mut latencies = reader.join().unwrap();
     latencies.sort_unstable();
-    match latencies.len() {
-        0 => f64::NAN,
-        n => latencies[((n as f64 - 1.0) * 0.99).round() as usize] as f64 / 1000.0,
-    }
+    percentile_ms(&latencies, 0.99)
 }
 
 /// Reads every partition of `topic` from its end with a plain rdkafka consumer (no group, no
@@ -984,10 +1113,7 @@ impl LatencyPipeline {
         let lat = unique_name("bench_lat");
         let (lat_pub, lat_topic) = (format!("{lat}_pub"), format!("{lat}_topic"));
         client
-            .batch_execute(&format!(
-                "CREATE TABLE {lat} (id bigint PRIMARY KEY, organization_id int NOT NULL, created_us bigint NOT NULL);
-                 ALTER TABLE {lat} REPLICA IDENTITY FULL; CREATE PUBLICATION {lat_pub} FOR TABLE {lat};"
-            ))
+            .batch_execute(&format!("{} CREATE PUBLICATION {lat_pub} FOR TABLE {lat};", create_latency_table(&lat)))
             .await
             .unwrap();
         create_topic(&lat_topic, env.partitions).await;
@@ -1014,10 +1140,7 @@ impl LatencyPipeline {
         let consumer_task = tokio::spawn(async move {
             let _ = consumer.start_basic().await;
         });
-        let insert = client
-            .prepare(&format!("INSERT INTO {lat} VALUES ($1, $2, (extract(epoch from clock_timestamp()) * 1000000)::bigint)"))
-            .await
-            .unwrap();
+        let insert = client.prepare(&latency_insert(&lat)).await.unwrap();
         let mut pipeline = Self { client, insert, counting, raw, next_id: 0, topic };
         // Warm up until the group has joined and the producer streams.
         while pipeline.counting.seen() == 0 {
@@ -1046,34 +1169,15 @@ impl LatencyPipeline {
         self.counting.latencies_us.lock().unwrap().clear();
         self.raw.latencies_us.lock().unwrap().clear();
         let before = self.counting.seen();
-        let total = tps * secs;
-        let mut ticker = tokio::time::interval(Duration::from_nanos(1_000_000_000 / tps.max(1)));
-        let started = Instant::now();
-        let mut writes = Vec::with_capacity(total as usize);
-        for _ in 0..total {
-            ticker.tick().await;
-            self.next_id += 1;
-            let (client, insert, id) = (Arc::clone(&self.client), self.insert.clone(), self.next_id);
-            writes.push(tokio::spawn(async move {
-                client.execute(&insert, &[&id, &((id % 7) as i32)]).await.unwrap();
-            }));
-        }
-        for write in writes {
-            write.await.unwrap();
-        }
-        let achieved = total as f64 / started.elapsed().as_secs_f64();
-        wait_count(&self.counting, before + total, Duration::from_secs(120)).await;
+        let achieved = insert_at_rate(&self.client, &self.insert, &mut self.next_id, tps, secs).await;
+        wait_count(&self.counting, before + tps * secs, Duration::from_secs(120)).await;
         let sorted = |counting: &Counting| {
             let mut latencies = counting.latencies_us.lock().unwrap().clone();
             latencies.sort_unstable();
             latencies
         };
-        let pct = |latencies: &[i64], p: f64| match latencies.len() {
-            0 => f64::NAN,
-            n => latencies[((n as f64 - 1.0) * p).round() as usize] as f64 / 1000.0,
-        };
         let (latencies, raw) = (sorted(&self.counting), sorted(&self.raw));
-        (pct(&latencies, 0.50), pct(&latencies, 0.99), pct(&latencies, 1.0), achieved, pct(&raw, 0.99))
+        (percentile_ms(&latencies, 0.50), percentile_ms(&latencies, 0.99), percentile_ms(&latencies, 1.0), achieved, percentile_ms(&raw, 0.99))
     }
 }
 
@@ -1300,6 +1404,12 @@ async fn main() {
                     kafka_p99,
                 );
                 delete_topic(&kafka_topic).await;
+                // PostgreSQL alone at the same rate, after Kafka alone, with nothing else running.
+                let pg_slot = unique_name("bench_pg_lat_slot");
+                all_slots.names.push(pg_slot.clone());
+                let (pg_p50, pg_p99) = pg_latency(&env, &pg_slot, tps, env.latency_secs).await;
+                results.add(&format!("latency_{tps}_pg_p50"), format!("PostgreSQL alone: COMMIT to pg_recvlogical at {tps} tx/s, p50"), "ms", "limit", pg_p50);
+                results.add(&format!("latency_{tps}_pg_p99"), format!("PostgreSQL alone: COMMIT to pg_recvlogical at {tps} tx/s, p99"), "ms", "limit", pg_p99);
             }
         }
     }
