@@ -512,6 +512,132 @@ async fn a_backfill_while_writing_survives_sigkills_and_folds_to_the_tables() {
     sc.cleanup().await;
 }
 
+/// Updates, each in a transaction of its own with a round trip between the `UPDATE` and the
+/// `COMMIT`, the rows of `table` the backfill `run` already published (ids up to its last
+/// acknowledged key), round and round, until `stop`: commits land at any point of the WAL,
+/// right after a chunk's high watermark included. Returns how many committed.
+async fn behind_the_backfill(table: String, run: i64, seed: u64, stop: Arc<AtomicBool>) -> usize {
+    let mut pg = pg_client().await;
+    let mut rng = Rng::new(seed);
+    let mut done = 0;
+    while !stop.load(Ordering::Relaxed) {
+        let last: Option<Vec<String>> =
+            pg.query_one("SELECT last_key FROM public.pgkafka_snapshots WHERE id = $1", &[&run]).await.unwrap().get(0);
+        let Some(published) = last.and_then(|key| key[0].parse::<u64>().ok()) else {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            continue;
+        };
+        for _ in 0..10 {
+            let tx = pg.transaction().await.unwrap();
+            let id = rng.range(1, published + 1) as i32;
+            tx.execute(&format!("UPDATE {table} SET ver = ver + 1 WHERE id = $1"), &[&id]).await.unwrap();
+            tx.commit().await.unwrap();
+            done += 1;
+        }
+    }
+    done
+}
+
+/// The WAL point a chunk is read at, its high watermark, is where a WAL record ends, and the next
+/// record can be the `COMMIT` of a transaction the chunk did not see: that transaction is
+/// streamed at the watermark's LSN. Its changes must sort above the chunk's rows, or an
+/// idempotent consumer skips them as re-sends and loses them. Writers update rows the backfill
+/// already published, committing with a round trip after each `UPDATE`, so that commits land
+/// right after high watermarks; the test checks that some did (a streamed change at a chunk's
+/// LSN or one above it: chunk rows sit one below their watermark), that applied as the
+/// idempotent consumer applies it no change of the topic is skipped (nothing was sent twice),
+/// and that the topic folds to the table.
+///
+/// Checked to fail with the chunk rows at the watermark's LSN itself: each such change is
+/// skipped as covered by a row of the chunk before it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_right_after_a_high_watermark_sorts_above_the_chunk() {
+    pgkafka_tests::init_tracing();
+    let (t, table) = versioned_table("p_bf_edge", 300, 1);
+    let sc = Scenario::new("p_bf_edge", vec![table]).await;
+    let producer = sc.builder().backfills(true).backfill_chunk_size(2).build();
+    let running = RunningProducer::start(producer, &sc.slot).await;
+    let control = sc.producer();
+    let run = control.request_backfill(std::slice::from_ref(&t)).await.unwrap()[0];
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut rng = Rng::from_env("high watermark edge test");
+    let writers: Vec<_> = (0..3)
+        .map(|_| tokio::spawn(behind_the_backfill(t.clone(), run, rng.next_u64(), Arc::clone(&stop))))
+        .collect();
+    wait_for("the backfill to finish", Duration::from_secs(120), || async {
+        let runs = runs(&control).await;
+        assert!(runs.iter().all(|r| r.state != "failed"), "the backfill failed: {runs:?}");
+        runs.iter().any(|r| r.id == run && r.state == "done").then_some(())
+    })
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    let mut updates = 0;
+    for writer in writers {
+        updates += writer.await.unwrap();
+    }
+    let end: String = sc.pg.query_one("SELECT pg_current_wal_lsn()::text", &[]).await.unwrap().get(0);
+    let end: pgkafka::Lsn = end.parse().unwrap();
+    wait_for("the producer to confirm everything written", Duration::from_secs(60), || async {
+        slot_confirmed(&sc.pg, &sc.slot).await.filter(|c| *c >= end.0).map(|_| ())
+    })
+    .await;
+    running.stop().await.unwrap();
+
+    let records: Vec<Record> = sc.read_all().await.into_iter().map(|(_, r)| r).collect();
+    let ops: Vec<ReplicationOp> = records.iter().map(Record::op).collect();
+    // The writers only update, so the inserts are the chunks' rows.
+    let chunk_lsns: std::collections::HashSet<u64> =
+        ops.iter().filter(|op| matches!(op.op, Op::Insert(_))).map(|op| op.lsn).collect();
+    let right_after = ops
+        .iter()
+        .filter(|op| matches!(op.op, Op::Update(_)))
+        .filter(|op| chunk_lsns.contains(&op.lsn) || chunk_lsns.contains(&op.lsn.wrapping_sub(1)))
+        .count();
+    println!(
+        "{} chunks, {updates} updates, {right_after} of them committed right after a high watermark",
+        chunk_lsns.len()
+    );
+    assert!(
+        right_after > 0,
+        "no update committed right after a high watermark in {} chunks: the run did not produce the case it checks",
+        chunk_lsns.len()
+    );
+    let mine: Vec<&Record> = records.iter().collect();
+    // Nothing was sent twice (no restart), so a change skipped as a re-send is a lost change,
+    // even when a later update of its row hides it in the end state.
+    let skipped: Vec<String> = in_apply_order(&mine)
+        .into_values()
+        .flatten()
+        .filter_map(|(record, op, by)| {
+            let (by, cover) = (by?, by?.op());
+            Some(format!(
+                "{}@{} ({}, {}) covered by {}@{} ({}, {})",
+                record.partition,
+                record.offset,
+                pgkafka::Lsn(op.lsn),
+                op.seq_id,
+                by.partition,
+                by.offset,
+                pgkafka::Lsn(cover.lsn),
+                cover.seq_id
+            ))
+        })
+        .collect();
+    assert!(skipped.is_empty(), "{} changes would be skipped as re-sends:\n{}", skipped.len(), skipped.join("\n"));
+    let folded = fold(&mine, &["id"], &t);
+    let source = table_rows(&sc.pg, &t, &["id"]).await;
+    if let Some((key, row)) = source.iter().find(|(k, row)| folded.get(*k) != Some(*row)) {
+        panic!(
+            "key {key:?} is {row:?} in the table but {:?} in the folded topic\n{}",
+            folded.get(key),
+            skipped_because(&mine, key, &["id"]).join("\n")
+        );
+    }
+    assert_eq!(folded.len(), source.len());
+    sc.cleanup().await;
+}
+
 /// A backfill cancelled while it runs stops after the chunk in hand: its state is `cancelled`,
 /// its progress stops growing, and the topic holds only part of the table; the producer keeps
 /// streaming. An unknown table is refused with an error naming it.

@@ -947,8 +947,9 @@ mod tests {
     }
 
     /// A snapshot row is written by the table's format: in pgkafka's, the `Insert` a streamed
-    /// insert would be at the snapshot's position, byte for byte; in Debezium's, a read event
-    /// (`op: "r"`) saying which snapshot read it, at that position, keyed like a change.
+    /// insert would be at the snapshot's position (one below its WAL point), byte for byte; in
+    /// Debezium's, a read event (`op: "r"`) saying which snapshot read it, at that position,
+    /// keyed like a change.
     #[test]
     fn snapshot_rows_are_inserts_or_debezium_read_events() {
         use crate::producer::{DebeziumOptions, OutputFormat};
@@ -962,7 +963,7 @@ mod tests {
         let op = ReplicationOp {
             table_name: "sales.orders".into(),
             col_names: vec!["id".into(), "org".into(), "doc".into()],
-            lsn: 0x500,
+            lsn: 0x4FF,
             seq_id: 3,
             op: Op::Insert(row.to_vec()),
         };
@@ -978,10 +979,60 @@ mod tests {
             let event: serde_json::Value = serde_json::from_slice(record.value.unwrap()).unwrap();
             assert_eq!((event["op"].as_str(), event["source"]["snapshot"].as_str()), (Some("r"), Some(flag)));
             assert_eq!((event["before"].clone(), event["after"]["id"].clone()), (serde_json::Value::Null, serde_json::json!(1)));
-            assert_eq!((event["source"]["sequence"].as_str(), event["source"]["lsn"].as_u64()), (Some("[\"1280\",\"1280\"]"), Some(0x500)));
+            assert_eq!((event["source"]["sequence"].as_str(), event["source"]["lsn"].as_u64()), (Some("[\"1279\",\"1279\"]"), Some(0x4FF)));
         }
         let without_key = ColumnType::new("id", 23, -1);
         let error = pgkafka.snapshot_rows(&route, &[without_key]).unwrap_err();
         assert!(error.contains("sales.orders") && error.contains("partition-key"), "{error}");
+    }
+
+    /// A snapshot taken at a WAL point (a consistent point, a high watermark: where a record
+    /// ends) can be followed directly by the `COMMIT` of a transaction it did not see, which is
+    /// streamed at that same LSN. Every row of the snapshot sorts below that transaction's first
+    /// change, in pgkafka's positions and in those a consumer reads from Debezium events, and
+    /// above a transaction whose commit record started before the point's record.
+    #[test]
+    fn snapshot_rows_sort_below_a_transaction_committed_right_at_their_point() {
+        use crate::producer::{DebeziumOptions, OutputFormat};
+        use pgkafka_common::debezium::{self, Decoded, Positions};
+        let (at, earlier_commit) = (Lsn(0x500), Lsn(0x4C8));
+        let columns = [ColumnType::new("id", 23, -1), ColumnType::new("org", 23, -1), ColumnType::new("doc", 25, -1)];
+        let row = [Some("1".to_owned()), Some("42".to_owned()), None];
+        let mut options = DebeziumOptions::new("server");
+        options.schemas = false;
+        for format in [OutputFormat::Pgkafka, OutputFormat::Debezium(options)] {
+            // The position a consumer reads from a record value at `offset`.
+            let position = |value: &[u8], offset: i64| -> (u64, u64) {
+                let op = match format {
+                    OutputFormat::Pgkafka => serde_json::from_slice::<ReplicationOp>(value).unwrap(),
+                    _ => match debezium::decode(Some(value), offset, Positions::ChangeLsn).unwrap() {
+                        Decoded::Change(change) => change.op,
+                        other => panic!("{other:?}"),
+                    },
+                };
+                (op.lsn, op.seq_id)
+            };
+            let mut encoder = encoder_with(&["org"], &format);
+            encoder.encode(&wire::relation(7, "sales", "orders", &["id", "org", "doc"]), Lsn(0), Lsn(1)).unwrap();
+            let mut streamed = |commit: Lsn, offset: i64| {
+                encoder.begin(commit, 0, 1);
+                let Encoded::Records(records) =
+                    encoder.encode(&wire::insert(7, &[Some("2"), Some("42"), None]), Lsn(0), Lsn(1)).unwrap()
+                else {
+                    panic!("expected records")
+                };
+                let value = records.change.value.unwrap().to_vec();
+                encoder.commit();
+                position(&value, offset)
+            };
+            let (before, after) = (streamed(earlier_commit, 1), streamed(at, 9));
+            let route = encoder.routes.get("sales", "orders").unwrap().clone();
+            let mut rows = encoder.snapshot_rows(&route, &columns).unwrap();
+            for (seq_id, offset) in [(0, 2), (7, 8)] {
+                let value = rows.write(&row, SnapshotRead::Incremental, at, seq_id, 0).unwrap().value.unwrap().to_vec();
+                let row_position = position(&value, offset);
+                assert!(before < row_position && row_position < after, "{format:?}: {before:?} < {row_position:?} < {after:?}");
+            }
+        }
     }
 }

@@ -1,10 +1,18 @@
 //! Writes the rows a snapshot or backfill read as records of their topic's format: the one home
 //! of that for the initial snapshot and for backfills, built per table like a streamed relation.
 //!
-//! A row is an `Insert` at `(lsn = the snapshot's position, seq_id)` in pgkafka's format and a
-//! read event (`op: "r"`) in the Debezium format, its `source.snapshot` saying which snapshot
-//! read it as Debezium does: `"true"` (the last row of an initial snapshot `"last"`) or
+//! A row is an `Insert` at `(lsn = one below the snapshot's WAL point, seq_id)` in pgkafka's
+//! format and a read event (`op: "r"`) in the Debezium format, its `source.snapshot` saying which
+//! snapshot read it as Debezium does: `"true"` (the last row of an initial snapshot `"last"`) or
 //! `"incremental"` for a backfill.
+//!
+//! Why one below: a snapshot's WAL point (a slot's consistent point, a backfill chunk's high
+//! watermark) is where a WAL record ends, and the next record can be the `COMMIT` of a
+//! transaction the snapshot did not see. That transaction is streamed at `(lsn = its commit
+//! record's start = the point, seq_id = 0, 1, ..)`: rows at the point itself would share its
+//! positions, and an idempotent consumer would skip its first changes as re-sends. One below the
+//! point lies above every commit record that starts before the point's record (records take
+//! more than one byte) and below every one that starts at or after it.
 
 use pgkafka_common::Lsn;
 
@@ -28,6 +36,12 @@ impl<'a> ColumnType<'a> {
             type_modifier,
         }
     }
+}
+
+/// The LSN of the rows of a snapshot taken at the WAL point `at`: one below it, so that they sort
+/// below a transaction whose commit record starts at `at` (see the module docs).
+pub(crate) fn rows_lsn(at: Lsn) -> Lsn {
+    Lsn(at.0.saturating_sub(1))
 }
 
 /// Which snapshot read a row: Debezium's `source.snapshot`.
@@ -109,8 +123,9 @@ impl Encoder {
 }
 
 impl SnapshotRows {
-    /// The record of `row`, read by a `read` snapshot at `position` as its `seq_id`th row,
-    /// written at `timestamp_ms` (milliseconds since the Unix epoch).
+    /// The record of `row`, read by a `read` snapshot at the WAL point `at` as its `seq_id`th
+    /// row, written at `timestamp_ms` (milliseconds since the Unix epoch); positioned at
+    /// [`rows_lsn`]`(at)`.
     ///
     /// # Errors
     /// A message naming the table and the snapshot's LSN when the row cannot be written in the
@@ -119,10 +134,11 @@ impl SnapshotRows {
         &mut self,
         row: &[Option<String>],
         read: SnapshotRead,
-        position: Lsn,
+        at: Lsn,
         seq_id: u64,
         timestamp_ms: i64,
     ) -> Result<Record<'_>, String> {
+        let position = rows_lsn(at);
         let Self {
             table_name,
             topic,
@@ -133,7 +149,7 @@ impl SnapshotRows {
             value,
         } = self;
         let cannot = |e: String| {
-            format!("cannot write a snapshot row of table {table_name} at LSN {position}: {e}")
+            format!("cannot write a snapshot row of table {table_name} read at LSN {at}: {e}")
         };
         key.clear();
         format.write_key(row, key_indexes, key).map_err(cannot)?;

@@ -10,7 +10,8 @@
 //!   watermark) and only then records the chunk's last key as progress.
 //! - [`Backfills`] is the session's side: it marks the keys of a watched table's streamed
 //!   changes in its [`Window`], and at the high watermark publishes the rows the window keeps as
-//!   `Insert` records at `(lsn = the high watermark's LSN, seq_id = 0, 1, ...)` with the header
+//!   `Insert` records at `(lsn = one below the high watermark's LSN, seq_id = 0, 1, ...)`, below
+//!   a transaction whose commit record starts where the watermark ends, with the header
 //!   `pgkafka.snapshot: backfill`, as one transaction of the sink, written by the encoder's
 //!   [`SnapshotRows`](crate::producer::encode::SnapshotRows) in the topic's format.
 //!

@@ -4,9 +4,10 @@
 //! A new slot is created with an exported snapshot (`CREATE_REPLICATION_SLOT .. (SNAPSHOT
 //! 'export')` on the replication session that then streams from it); reader connections import
 //! it (`SET TRANSACTION SNAPSHOT`) and read the tables in key order, chunk by chunk, before the
-//! stream starts. The rows are `Insert` records at `(lsn = the consistent point, seq_id = 0, 1,
-//! ..)` with the [`SNAPSHOT`](pgkafka_common::headers::SNAPSHOT) header, written by the encoder's
-//! [`SnapshotRows`] in the topic's format (a Debezium topic gets read events).
+//! stream starts. The rows are `Insert` records at `(lsn = one below the consistent point,
+//! seq_id = 0, 1, ..)` with the [`SNAPSHOT`](pgkafka_common::headers::SNAPSHOT) header, written
+//! by the encoder's [`SnapshotRows`] in the topic's format (a Debezium topic gets read events;
+//! [`SnapshotRows`] says why one below).
 //!
 //! Crash during the snapshot: the control table holds, per table, the last key Kafka
 //! acknowledged, and the slot is never confirmed past the snapshot's point. A restart resumes:
