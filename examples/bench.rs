@@ -852,11 +852,15 @@ async fn wait_count(counting: &Counting, expected: u64, limit: Duration) {
     }
 }
 
+/// The group settings every measured consumer gets, then `BENCH_CONSUMER_KAFKA` (`key=value,key=value`):
+/// librdkafka settings for the pgkafka consumers, to try one without rebuilding.
 fn consumer_options<A>(consumer: Consumer<A>) -> Consumer<A> {
-    consumer
+    let consumer = consumer
         .kafka_option("session.timeout.ms", "6000")
         .kafka_option("heartbeat.interval.ms", "500")
-        .kafka_option("auto.offset.reset", "earliest")
+        .kafka_option("auto.offset.reset", "earliest");
+    let settings = std::env::var("BENCH_CONSUMER_KAFKA").unwrap_or_default();
+    settings.split(',').filter_map(|kv| kv.split_once('=')).fold(consumer, |c, (k, v)| c.kafka_option(k.trim(), v.trim()))
 }
 
 /// The basic consumer on `topic` until it handled `rows` ops: ops/s from the first handler call
@@ -1395,7 +1399,9 @@ async fn main() {
                 let kafka_topic = unique_name("bench_kafka_lat");
                 create_topic(&kafka_topic, env.partitions).await;
                 let (topic, partitions, secs) = (kafka_topic.clone(), env.partitions, env.latency_secs);
+                let cpu = CpuSample::now();
                 let kafka_p99 = tokio::task::spawn_blocking(move || kafka_latency_p99(&topic, partitions, tps, secs)).await.unwrap();
+                results.cpu(&format!("latency_{tps}_kafka_p99"), &cpu);
                 results.add(
                     &format!("latency_{tps}_kafka_p99"),
                     format!("Kafka alone: raw producer to raw consumer at {tps} records/s, p99"),
