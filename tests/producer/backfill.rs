@@ -15,7 +15,7 @@ use pgkafka_tests::consumer_task::RunningConsumer;
 use pgkafka_tests::producer_process::{ChildConfig, ChildProducer};
 use pgkafka_tests::producer_task::RunningProducer;
 use pgkafka_tests::rng::Rng;
-use pgkafka_tests::slots::{slot_active_pid, slot_confirmed};
+use pgkafka_tests::slots::{slot_active_pid, wait_confirmed_past_now};
 use pgkafka_tests::{env, pg_client, unique_name, wait_for, Record};
 
 use super::{Scenario, Table};
@@ -140,9 +140,9 @@ fn in_apply_order<'a>(records: &[&'a Record]) -> HashMap<i32, Vec<InOrder<'a>>> 
         .collect()
 }
 
-/// For each record of `key` that [`fold`] skips as a re-send, the record whose position covered
-/// it: what to look at when a fold loses a change.
-fn skipped_because(records: &[&Record], key: &[Option<String>], key_columns: &[&str]) -> Vec<String> {
+/// For each record of `key` (of every key when `None`) that [`fold`] skips as a re-send, the
+/// record whose position covered it: what to look at when a fold loses a change.
+fn skipped_because(records: &[&Record], key: Option<&[Option<String>]>, key_columns: &[&str]) -> Vec<String> {
     let mut lines = Vec::new();
     for (record, op, covered_by) in in_apply_order(records).into_values().flatten() {
         let Some(by) = covered_by else { continue };
@@ -150,7 +150,7 @@ fn skipped_because(records: &[&Record], key: &[Option<String>], key_columns: &[&
             Op::Insert(new) | Op::Update((_, new)) => new,
             Op::Delete(old) => old,
         };
-        if key_of(&op, row, key_columns) == key {
+        if key.is_none_or(|key| key_of(&op, row, key_columns) == key) {
             let cover = by.op();
             lines.push(format!(
                 "skipped {}@{} ({}, {}): covered by {}@{} ({}, {}) of table {}, key {:?}",
@@ -245,6 +245,18 @@ async fn hot_writer(table: String, key: Vec<&'static str>, run: i64, stop: Arc<A
         }
     }
     done
+}
+
+/// A [`versioned_table`] of `rows` rows on `partitions` partitions, streamed by a producer
+/// running in this process with backfills on, `chunk_size` rows per chunk; with the table's
+/// name, and a producer handle to request backfills with.
+async fn backfilling(prefix: &str, rows: u32, partitions: i32, chunk_size: usize) -> (String, Scenario, RunningProducer, Producer) {
+    let (t, table) = versioned_table(prefix, rows, partitions);
+    let sc = Scenario::new(prefix, vec![table]).await;
+    let producer = sc.builder().backfills(true).backfill_chunk_size(chunk_size).build();
+    let running = RunningProducer::start(producer, &sc.slot).await;
+    let control = sc.producer();
+    (t, sc, running, control)
 }
 
 /// This slot's backfills, through the library API the `pgkafka backfill` command uses.
@@ -412,12 +424,7 @@ async fn a_backfill_while_writing_survives_sigkills_and_folds_to_the_tables() {
     }
 
     // Everything written is confirmed (so in Kafka); then stop gracefully.
-    let end: String = sc.pg.query_one("SELECT pg_current_wal_lsn()::text", &[]).await.unwrap().get(0);
-    let end: pgkafka::Lsn = end.parse().unwrap();
-    wait_for("the producer to confirm everything written", Duration::from_secs(60), || async {
-        slot_confirmed(&sc.pg, &sc.slot).await.filter(|c| *c >= end.0).map(|_| ())
-    })
-    .await;
+    wait_confirmed_past_now(&sc.pg, &sc.slot).await;
     let status = child.terminate(Duration::from_secs(60)).await;
     assert!(status.success(), "the last child did not stop gracefully ({status}); see {}", log.display());
 
@@ -469,7 +476,7 @@ async fn a_backfill_while_writing_survives_sigkills_and_folds_to_the_tables() {
                     .get(key)
                     .map(|r| r.iter().map(|v| v.as_deref().map(|v| &v[..v.len().min(20)])).collect::<Vec<_>>()),
                 history.join("\n").chars().take(6000).collect::<String>(),
-                skipped_because(&mine, key, &keys[table.as_str()]).join("\n")
+                skipped_because(&mine, Some(key), &keys[table.as_str()]).join("\n")
             );
         }
         assert!(folded == source, "table {table}: the folded topic differs from the table");
@@ -553,11 +560,7 @@ async fn behind_the_backfill(table: String, run: i64, seed: u64, stop: Arc<Atomi
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_commit_right_after_a_high_watermark_sorts_above_the_chunk() {
     pgkafka_tests::init_tracing();
-    let (t, table) = versioned_table("p_bf_edge", 300, 1);
-    let sc = Scenario::new("p_bf_edge", vec![table]).await;
-    let producer = sc.builder().backfills(true).backfill_chunk_size(2).build();
-    let running = RunningProducer::start(producer, &sc.slot).await;
-    let control = sc.producer();
+    let (t, sc, running, control) = backfilling("p_bf_edge", 300, 1, 2).await;
     let run = control.request_backfill(std::slice::from_ref(&t)).await.unwrap()[0];
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -576,12 +579,7 @@ async fn a_commit_right_after_a_high_watermark_sorts_above_the_chunk() {
     for writer in writers {
         updates += writer.await.unwrap();
     }
-    let end: String = sc.pg.query_one("SELECT pg_current_wal_lsn()::text", &[]).await.unwrap().get(0);
-    let end: pgkafka::Lsn = end.parse().unwrap();
-    wait_for("the producer to confirm everything written", Duration::from_secs(60), || async {
-        slot_confirmed(&sc.pg, &sc.slot).await.filter(|c| *c >= end.0).map(|_| ())
-    })
-    .await;
+    wait_confirmed_past_now(&sc.pg, &sc.slot).await;
     running.stop().await.unwrap();
 
     let records: Vec<Record> = sc.read_all().await.into_iter().map(|(_, r)| r).collect();
@@ -606,24 +604,7 @@ async fn a_commit_right_after_a_high_watermark_sorts_above_the_chunk() {
     let mine: Vec<&Record> = records.iter().collect();
     // Nothing was sent twice (no restart), so a change skipped as a re-send is a lost change,
     // even when a later update of its row hides it in the end state.
-    let skipped: Vec<String> = in_apply_order(&mine)
-        .into_values()
-        .flatten()
-        .filter_map(|(record, op, by)| {
-            let (by, cover) = (by?, by?.op());
-            Some(format!(
-                "{}@{} ({}, {}) covered by {}@{} ({}, {})",
-                record.partition,
-                record.offset,
-                pgkafka::Lsn(op.lsn),
-                op.seq_id,
-                by.partition,
-                by.offset,
-                pgkafka::Lsn(cover.lsn),
-                cover.seq_id
-            ))
-        })
-        .collect();
+    let skipped = skipped_because(&mine, None, &["id"]);
     assert!(skipped.is_empty(), "{} changes would be skipped as re-sends:\n{}", skipped.len(), skipped.join("\n"));
     let folded = fold(&mine, &["id"], &t);
     let source = table_rows(&sc.pg, &t, &["id"]).await;
@@ -631,7 +612,7 @@ async fn a_commit_right_after_a_high_watermark_sorts_above_the_chunk() {
         panic!(
             "key {key:?} is {row:?} in the table but {:?} in the folded topic\n{}",
             folded.get(key),
-            skipped_because(&mine, key, &["id"]).join("\n")
+            skipped_because(&mine, Some(key), &["id"]).join("\n")
         );
     }
     assert_eq!(folded.len(), source.len());
@@ -644,11 +625,7 @@ async fn a_commit_right_after_a_high_watermark_sorts_above_the_chunk() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cancelled_backfill_stops() {
     pgkafka_tests::init_tracing();
-    let (t, table) = versioned_table("p_bf_cancel", 5000, 2);
-    let sc = Scenario::new("p_bf_cancel", vec![table]).await;
-    let producer = sc.builder().backfills(true).backfill_chunk_size(5).build();
-    let running = RunningProducer::start(producer, &sc.slot).await;
-    let control = sc.producer();
+    let (t, sc, running, control) = backfilling("p_bf_cancel", 5000, 2, 5).await;
 
     let refused = control.request_backfill(&["no_such_table".to_owned()]).await.unwrap_err();
     assert!(refused.to_string().contains("no_such_table"), "{refused}");

@@ -31,6 +31,17 @@ pub async fn slot_confirmed(pg: &tokio_postgres::Client, slot: &str) -> Option<u
     row.get::<_, Option<String>>(0).map(|s| s.parse().expect("lsn"))
 }
 
+/// Waits (up to 60 s) until `slot` is confirmed past everything written so far: every change
+/// committed before the call is in Kafka.
+pub async fn wait_confirmed_past_now(pg: &tokio_postgres::Client, slot: &str) {
+    let now: String = pg.query_one("SELECT (pg_current_wal_lsn() - '0/0'::pg_lsn)::text", &[]).await.unwrap().get(0);
+    let now: u64 = now.parse().expect("lsn");
+    wait_for("the producer to confirm everything written", Duration::from_secs(60), || async {
+        slot_confirmed(pg, slot).await.filter(|c| *c >= now).map(|_| ())
+    })
+    .await;
+}
+
 /// Drops `slot` once no connection uses it (waits up to 60 s); a missing slot is fine.
 pub async fn drop_slot(pg: &tokio_postgres::Client, slot: &str) {
     wait_for(&format!("slot {slot} to be released and dropped"), Duration::from_secs(60), || async move {
