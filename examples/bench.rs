@@ -834,12 +834,29 @@ async fn plain_loop(env: &Env, client: &tokio_postgres::Client, ops: u64, per_tx
     rate
 }
 
+/// With `BENCH_TIMELINE` set: prints the consumer's rate every 100 ms until it handled `expected`
+/// ops (in thousands of ops per second), which shows stalls a median hides.
+async fn print_timeline(counting: &Counting, expected: u64) {
+    let mut line = String::new();
+    let mut last = counting.seen();
+    while counting.seen() < expected {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let now = counting.seen();
+        line.push_str(&format!("{} ", (now - last) / 100));
+        last = now;
+    }
+    eprintln!("bench:     timeline, thousands of ops/s per 100 ms: {line}");
+}
+
 /// Waits until `counting` saw `expected` ops; returns the cores used from its first op on, the
 /// window its rate covers. Joining the group before the first op and shutting down after the
 /// last are left out: in a run of a few seconds they would halve the cores shown.
 async fn wait_count_cpu(counting: &Counting, expected: u64, limit: Duration) -> Value {
     wait_count(counting, 1, limit).await;
     let started = CpuSample::now();
+    if std::env::var("BENCH_TIMELINE").is_ok() {
+        print_timeline(counting, expected).await;
+    }
     wait_count(counting, expected, limit).await;
     started.cores_until(&CpuSample::now())
 }
@@ -1187,6 +1204,10 @@ impl LatencyPipeline {
 
 #[tokio::main]
 async fn main() {
+    // The in-process consumers log only when asked (`RUST_LOG`): logging would cost their rates.
+    if let Ok(filter) = tracing_subscriber::EnvFilter::try_from_default_env() {
+        tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    }
     let env = env();
     let client = pg_client().await;
     let dir = std::env::temp_dir().join(unique_name("pgkafka_bench"));

@@ -412,7 +412,8 @@ impl<A> Consumer<A> {
     /// `sasl.password`, `ssl.ca.location`, `client.id`, `auto.offset.reset`, ...
     ///
     /// pgkafka sets `auto.offset.reset=earliest` (a new group starts at the beginning of the
-    /// topics, so no change is missed), which this overrides. `enable.auto.commit` and
+    /// topics, so no change is missed) and `fetch.queue.backoff.ms=10` (librdkafka's 1 s left
+    /// handlers faster than the fetcher idle), which this overrides. `enable.auto.commit` and
     /// `enable.auto.offset.store` are pgkafka's to manage: setting them to anything but `false`
     /// is a [`ConsumerError::Config`] at start. Secret values (`sasl.password`, ...) never appear
     /// in `Debug` output.
