@@ -23,8 +23,9 @@
 //!    (target ≥ 0.8 ×) and one op per transaction (target ≥ 0.5 ×). Beside it, without a target:
 //!    the same loop plus one state-row `UPDATE` per transaction, what exactly-once costs PostgreSQL.
 //! 5. Latency from COMMIT to `handle_message` at 200 and 2,000 transactions/s, p50/p99. Target:
-//!    p99 ≤ 50 ms. Beside it: a raw consumer on the same topic (the producer and broker's share),
-//!    Kafka alone at the same rate (raw producer to raw consumer, the floor the broker sets), and
+//!    p99 ≤ 50 ms. Beside it: Kafka alone at the same rate (raw producer to raw consumer, the
+//!    floor the broker sets; with `BENCH_LATENCY_RAW=1` also a raw consumer on the pipeline's
+//!    topic, the producer and broker's share, which loads the broker with a second consumer), and
 //!    PostgreSQL alone at the same rate (COMMIT to `pg_recvlogical` with `test_decoding`, the
 //!    walsender's share).
 //! 6. Initial snapshot of a `BENCH_ROWS`-row table (`pgkafka` with `snapshot = "initial_only"`,
