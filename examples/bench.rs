@@ -708,17 +708,12 @@ impl Counting {
     }
 
     fn record(&self, op: &ReplicationOp) {
-        let now = self.base.elapsed().as_nanos() as u64;
-        self.first_ns.fetch_min(now, Ordering::Relaxed);
-        self.last_ns.fetch_max(now, Ordering::Relaxed);
-        self.seen.fetch_add(1, Ordering::Relaxed);
+        self.count();
         if self.measure_latency {
             // The row carries its commit time's clock (clock_timestamp() in the inserting
             // statement, a few microseconds before COMMIT).
             if let Some(Some(micros)) = op.value(op.op.key_row(), "created_us") {
-                let created: i64 = micros.parse().unwrap_or(0);
-                let now_us = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_micros() as i64;
-                self.latencies_us.lock().unwrap().push(now_us - created);
+                self.latency_since(micros.parse().unwrap_or(0));
             }
         }
     }
@@ -726,10 +721,20 @@ impl Counting {
     /// Counts a row that is not a `ReplicationOp` (a line of `pg_recvlogical`), recording the time
     /// from `created_us`, its commit time's clock, to now.
     fn record_created_us(&self, created_us: i64) {
+        self.count();
+        self.latency_since(created_us);
+    }
+
+    /// One more op seen, now.
+    fn count(&self) {
         let now = self.base.elapsed().as_nanos() as u64;
         self.first_ns.fetch_min(now, Ordering::Relaxed);
         self.last_ns.fetch_max(now, Ordering::Relaxed);
         self.seen.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Records the time from `created_us` (µs since the Unix epoch) to now.
+    fn latency_since(&self, created_us: i64) {
         let now_us = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_micros() as i64;
         self.latencies_us.lock().unwrap().push(now_us - created_us);
     }
@@ -951,6 +956,11 @@ fn percentile_ms(sorted_us: &[i64], p: f64) -> f64 {
     }
 }
 
+/// One row of the latency workload, `id` in organization `id % 7`.
+async fn insert_latency_row(client: &tokio_postgres::Client, insert: &tokio_postgres::Statement, id: i64) {
+    client.execute(insert, &[&id, &((id % 7) as i32)]).await.unwrap();
+}
+
 /// The latency workload: `tps` single-row transactions a second for `secs`, each `insert` (with
 /// `$1` the id, `$2` the organization) pipelined on the one connection so the writer keeps the
 /// pace whatever a COMMIT takes; ids continue from `next_id`. Returns the rate achieved, tx/s.
@@ -963,9 +973,7 @@ async fn insert_at_rate(client: &Arc<tokio_postgres::Client>, insert: &tokio_pos
         ticker.tick().await;
         *next_id += 1;
         let (client, insert, id) = (Arc::clone(client), insert.clone(), *next_id);
-        writes.push(tokio::spawn(async move {
-            client.execute(&insert, &[&id, &((id % 7) as i32)]).await.unwrap();
-        }));
+        writes.push(tokio::spawn(async move { insert_latency_row(&client, &insert, id).await }));
     }
     for write in writes {
         write.await.unwrap();
@@ -1039,7 +1047,7 @@ async fn pg_latency(env: &Env, slot: &str, tps: u64, secs: u64) -> (f64, f64) {
     while counting.seen() == 0 {
         assert!(recvlogical.0.try_wait().unwrap().is_none(), "pg_recvlogical exited");
         next_id += 1;
-        client.execute(&insert, &[&next_id, &((next_id % 7) as i32)]).await.unwrap();
+        insert_latency_row(&client, &insert, next_id).await;
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -1207,8 +1215,7 @@ impl LatencyPipeline {
 
     async fn insert_one(&mut self) {
         self.next_id += 1;
-        let id = self.next_id;
-        self.client.execute(&self.insert, &[&id, &((id % 7) as i32)]).await.unwrap();
+        insert_latency_row(&self.client, &self.insert, self.next_id).await;
     }
 
     /// `tps` single-row transactions a second for `secs` (pipelined on one connection, so the
@@ -1452,7 +1459,6 @@ async fn main() {
                 let (topic, partitions, secs) = (kafka_topic.clone(), env.partitions, env.latency_secs);
                 let cpu = CpuSample::now();
                 let kafka_p99 = tokio::task::spawn_blocking(move || kafka_latency_p99(&topic, partitions, tps, secs)).await.unwrap();
-                results.cpu(&format!("latency_{tps}_kafka_p99"), &cpu);
                 results.add(
                     &format!("latency_{tps}_kafka_p99"),
                     format!("Kafka alone: raw producer to raw consumer at {tps} records/s, p99"),
@@ -1460,6 +1466,8 @@ async fn main() {
                     "limit",
                     kafka_p99,
                 );
+                // After its line: the CPU is filed under the round the line's run belongs to.
+                results.cpu(&format!("latency_{tps}_kafka_p99"), &cpu);
                 delete_topic(&kafka_topic).await;
                 // PostgreSQL alone at the same rate, after Kafka alone, with nothing else running.
                 let pg_slot = unique_name("bench_pg_lat_slot");
