@@ -13,7 +13,7 @@ use pgkafka::{Consumer, ConsumerError, IdempotentApplication, Op, ReplicationOp,
 use pgkafka_tests::consumer_task::RunningConsumer;
 use pgkafka_tests::producer_process::{ChildConfig, ChildProducer};
 use pgkafka_tests::rng::Rng;
-use pgkafka_tests::slots::slot_confirmed;
+use pgkafka_tests::slots::{slot_confirmed, wait_confirmed_past_now};
 use pgkafka_tests::topics::read_topics;
 use pgkafka_tests::{env, pg_client, unique_name, wait_for};
 
@@ -247,12 +247,7 @@ async fn an_initial_snapshot_survives_sigkills_and_matches_the_tables() {
     tokio::time::sleep(Duration::from_secs(1)).await;
     stop.store(true, Ordering::Relaxed);
     let writes = writer.await.unwrap();
-    let end: String = sc.pg.query_one("SELECT (pg_current_wal_lsn() - '0/0'::pg_lsn)::text", &[]).await.unwrap().get(0);
-    let end: u64 = end.parse().unwrap();
-    wait_for("the slot to confirm every change", Duration::from_secs(60), || async move {
-        (slot_confirmed(pg, slot).await.unwrap_or(0) >= end).then_some(())
-    })
-    .await;
+    wait_confirmed_past_now(pg, slot).await;
 
     let records = read_topics(&sc.topics).await;
     let ops: Vec<ReplicationOp> = records.iter().map(|(_, record)| record.op()).collect();

@@ -40,7 +40,7 @@ impl<'a> ColumnType<'a> {
 
 /// The LSN of the rows of a snapshot taken at the WAL point `at`: one below it, so that they sort
 /// below a transaction whose commit record starts at `at` (see the module docs).
-pub(crate) fn rows_lsn(at: Lsn) -> Lsn {
+fn rows_lsn(at: Lsn) -> Lsn {
     Lsn(at.0.saturating_sub(1))
 }
 
